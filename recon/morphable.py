@@ -1,0 +1,180 @@
+"""The bundled 3D morphable model (ICT face model, face region) as a torch module.
+
+Units and axes (model space): centimetres; +x to the viewer's right, +y up, +z towards the viewer
+(the face looks along +z). Origin: the ICT model's origin (inside the head, about 10 cm behind the nose tip).
+
+    shape(id, expr)  = mean + sum_k id_k * id_basis_k + sum_j expr_j * expr_basis_j      (B,V,3) cm
+    albedo(alb)      = clamp(base_albedo + sum_k alb[k, c] * sigma_k * albedo_basis_k, 0, 1)   (B,V,3)
+
+Identity weights are ~N(0,1) (modes pre-scaled by their std), expression weights are ARKit blendshape
+activations in [0,1], albedo weights ~N(0,1) per colour channel with per-mode std sigma_k (below).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lh2face.paths import asset
+
+# Std of the smooth albedo modes for unit albedo weights: mode 0 (constant) changes the skin tone,
+# higher (less smooth) modes get less amplitude (1/sqrt(1+k) decay).
+ALBEDO_TONE_STD = 0.10
+ALBEDO_DETAIL_STD = 0.05
+
+
+def _load_basis(path: Path, n: int | None) -> np.ndarray:
+    with np.load(path) as z:
+        hi, lo, scale = z["hi"], z["lo"], z["scale"]
+    if n is not None:
+        hi, lo, scale = hi[:n], lo[:n], scale[:n]
+    bits = (hi.astype(np.uint16) << 8) | lo.astype(np.uint16)
+    return bits.view(np.float16).astype(np.float32) * scale[:, None, None]
+
+
+def face_area_weighted_normals(verts: torch.Tensor, triangles: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Area-weighted unit vertex normals.
+
+    verts (B,V,3), triangles (F,3) long, counter-clockwise seen from outside -> (B,V,3) unit normals
+    pointing outward. Each face contributes its unnormalised cross product (2 x area x unit normal) to
+    its three vertices. Differentiable.
+    """
+    v0, v1, v2 = (verts[:, triangles[:, k]] for k in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # (B,F,3)
+    n = torch.zeros_like(verts)
+    for k in range(3):
+        n = n.index_add(1, triangles[:, k], fn)
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+class MorphableModel(nn.Module):
+    """ICT face model (face region): 9,409 vertices, 18,460 triangles, buffers only (no parameters).
+
+    Args:
+        n_id: identity modes kept (<= 100, leading modes).
+        n_expr: expression blendshapes kept (<= 53, in ARKit order of `expr_names`).
+        n_albedo: smooth albedo modes per colour channel (<= 40).
+        root: folder holding the ict_face_*.npz files (default: the bundled assets/ict-face).
+
+    Attributes: n_id, n_expr, n_albedo, n_vertices, expr_names (list[str]); buffers mean (V,3),
+    id_basis (n_id,V,3), expr_basis (n_expr,V,3), triangles (F,3) long, lm68 (68,) long,
+    jaw_right (8,) / jaw_left (8,) long (alternative contour vertices for iBUG points 0-7 / 9-16),
+    jaw_right_ext / jaw_left_ext (17,) long, base_albedo (V,3), albedo_basis (n_albedo,V) (already
+    multiplied by the per-mode std), uv (U,2), uv_triangles (F,3) long.
+    """
+
+    def __init__(self, n_id: int = 100, n_expr: int = 53, n_albedo: int = 20, root: str | Path | None = None):
+        super().__init__()
+        root = Path(root) if root is not None else asset("ict-face")
+        mesh_path = root / "ict_face_mesh.npz"
+        if not mesh_path.exists():
+            raise FileNotFoundError(f"ICT mesh file {mesh_path} is missing; rebuild it with tools/make_ict_asset.py")
+        with np.load(mesh_path) as z:
+            mesh = {k: z[k] for k in z.files}
+        max_alb = mesh["albedo_basis"].shape[0]
+        for name, val, hi in (("n_id", n_id, 100), ("n_expr", n_expr, 53), ("n_albedo", n_albedo, max_alb)):
+            if not isinstance(val, int) or not 0 <= val <= hi:
+                raise ValueError(f"{name} must be an int in [0, {hi}], got {val!r}")
+        self.n_id, self.n_expr, self.n_albedo = n_id, n_expr, n_albedo
+        self.expr_names = [str(s) for s in mesh["expr_names"][:n_expr]]
+        self.n_vertices = int(mesh["mean"].shape[0])
+        f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+        i64 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
+        self.register_buffer("mean", f32(mesh["mean"]))
+        self.register_buffer("id_basis", f32(_load_basis(root / "ict_face_id.npz", n_id)))
+        self.register_buffer("expr_basis", f32(_load_basis(root / "ict_face_expr.npz", n_expr)))
+        self.register_buffer("triangles", i64(mesh["triangles"]))
+        self.register_buffer("uv", f32(mesh["uv"]))
+        self.register_buffer("uv_triangles", i64(mesh["uv_triangles"]))
+        for k in ("lm68", "jaw_right", "jaw_left", "jaw_right_ext", "jaw_left_ext", "rigid_verts", "fitting_verts"):
+            self.register_buffer(k, i64(mesh[k]))
+        self.register_buffer("base_albedo", f32(mesh["base_albedo"]))
+        k = np.arange(n_albedo)
+        std = np.where(k == 0, ALBEDO_TONE_STD, ALBEDO_DETAIL_STD / np.sqrt(1.0 + k))
+        self.register_buffer("albedo_basis", f32(mesh["albedo_basis"][:n_albedo] * std[:, None]))
+
+    # ----------------------------------------------------------------------------------------- shape
+    def shape(self, id: torch.Tensor | None = None, expr: torch.Tensor | None = None) -> torch.Tensor:
+        """id (B,n_id) ~N(0,1), expr (B,n_expr) in [0,1] (either may be None = zeros) -> (B,V,3) cm, model space."""
+        B = self._batch(id, expr)
+        out = self.mean.expand(B, -1, -1)
+        if id is not None and self.n_id:
+            self._check(id, self.n_id, "id")
+            out = out + torch.einsum("bk,kvc->bvc", id.to(self.mean), self.id_basis)
+        if expr is not None and self.n_expr:
+            self._check(expr, self.n_expr, "expr")
+            out = out + torch.einsum("bk,kvc->bvc", expr.to(self.mean), self.expr_basis)
+        return out
+
+    def albedo(self, alb: torch.Tensor | None, batch: int | None = None) -> torch.Tensor:
+        """alb (B,n_albedo,3) or (B,3*n_albedo) (channel-minor: [k*3+c]) ~N(0,1) -> (B,V,3) albedo in [0,1]."""
+        if alb is None:
+            return self.base_albedo.expand(batch or 1, -1, -1)
+        if alb.dim() == 2:
+            if alb.shape[1] != 3 * self.n_albedo:
+                raise ValueError(f"albedo coefficients must be (B,{self.n_albedo},3) or (B,{3 * self.n_albedo}), "
+                                 f"got {tuple(alb.shape)}")
+            alb = alb.reshape(alb.shape[0], self.n_albedo, 3)
+        if alb.dim() != 3 or alb.shape[1:] != (self.n_albedo, 3):
+            raise ValueError(f"albedo coefficients must be (B,{self.n_albedo},3), got {tuple(alb.shape)}")
+        out = self.base_albedo + torch.einsum("bkc,kv->bvc", alb.to(self.base_albedo), self.albedo_basis)
+        return out.clamp(0.0, 1.0)
+
+    def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
+        """verts (B,V,3) (any space, proper rotations keep orientation) -> (B,V,3) unit outward normals."""
+        self._check_verts(verts)
+        return face_area_weighted_normals(verts, self.triangles)
+
+    # ------------------------------------------------------------------------------------ landmarks
+    def landmark_indices(self, yaw: torch.Tensor | None = None, threshold: float = 0.35) -> torch.Tensor:
+        """68 landmark vertex ids, (68,) or (B,68) when yaw (B,) radians is given.
+
+        With yaw, the jaw points on the side turning away from the camera are swapped for the more
+        posterior contour variant (the silhouette): yaw > threshold -> jaw_left for points 9-16,
+        yaw < -threshold -> jaw_right for points 0-7 (see recon.geometry for the yaw sign).
+        """
+        if yaw is None:
+            return self.lm68
+        base = self.lm68.expand(yaw.shape[0], 68).clone()
+        left = base.clone()
+        left[:, 9:17] = self.jaw_left
+        right = base.clone()
+        right[:, 0:8] = self.jaw_right
+        y = yaw.detach()[:, None]
+        return torch.where(y > threshold, left, torch.where(y < -threshold, right, base))
+
+    def landmarks(self, verts: torch.Tensor, yaw: torch.Tensor | None = None) -> torch.Tensor:
+        """verts (B,V,3) -> (B,68,3) landmark positions in the same space (iBUG order)."""
+        self._check_verts(verts)
+        idx = self.landmark_indices(yaw)
+        if idx.dim() == 1:
+            return verts[:, idx]
+        return torch.gather(verts, 1, idx[..., None].expand(-1, -1, 3))
+
+    def alignment_points(self, verts: torch.Tensor) -> torch.Tensor:
+        """verts (B,V,3) -> (B,5,3): eye centres (mean of the 6 eye landmarks each: 36-41 = the face's
+        right eye, image left; 42-47), nose tip (30), mouth corners (48, 54) — the order of the ArcFace template."""
+        lm = self.landmarks(verts)
+        return torch.stack([lm[:, 36:42].mean(1), lm[:, 42:48].mean(1), lm[:, 30], lm[:, 48], lm[:, 54]], 1)
+
+    # -------------------------------------------------------------------------------------- helpers
+    def _batch(self, *xs: torch.Tensor | None) -> int:
+        sizes = {x.shape[0] for x in xs if x is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"id and expr batch sizes differ: {sorted(sizes)}")
+        return sizes.pop() if sizes else 1
+
+    @staticmethod
+    def _check(x: torch.Tensor, n: int, name: str) -> None:
+        if x.dim() != 2 or x.shape[1] != n:
+            raise ValueError(f"{name} coefficients must be (B,{n}), got {tuple(x.shape)}")
+
+    def _check_verts(self, verts: torch.Tensor) -> None:
+        if verts.dim() != 3 or verts.shape[1:] != (self.n_vertices, 3):
+            raise ValueError(f"vertices must be (B,{self.n_vertices},3), got {tuple(verts.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"n_id={self.n_id}, n_expr={self.n_expr}, n_albedo={self.n_albedo}, V={self.n_vertices}, F={len(self.triangles)}"
