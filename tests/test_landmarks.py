@@ -117,24 +117,33 @@ def test_grey_input_no_face_and_bad_input(dlib_detector):
 
 
 def test_five_point_alignment_puts_eyes_on_template(dlib_detector):
-    """Warp with lh2face.align, then re-detect on the aligned crop: eyes land on the template."""
-    from lh2face.align import ARCFACE_TEMPLATE, align_face
+    """Warp with lh2face.align, then re-detect on the aligned crop (independent of the warp maths).
+
+    The re-detected eyes sit where the similarity maps the original eye points (the warp honours the
+    pixel convention: < 1.5 px) and within a few pixels of the template (a similarity cannot match
+    every face's 5 points to the mean template exactly: the least-squares residual stays).
+    """
+    from lh2face.align import ARCFACE_TEMPLATE, align_face, similarity_transform
 
     pad = 56
-    errors = []
+    warp_err, template_err = [], []
     for p in LFW:
         im = read_image(p)
         face = dlib_detector(im)[0]
         aligned = align_face(im, face.landmarks5, size=112)
         assert aligned.shape == (112, 112, 3) and aligned.dtype == np.uint8
+        M = similarity_transform(face.landmarks5, ARCFACE_TEMPLATE)
+        mapped = face.landmarks5 @ M[:, :2].T + M[:, 2]
         canvas = np.zeros((112 + 2 * pad, 112 + 2 * pad, 3), np.uint8)  # room for dlib's detector
         canvas[pad:-pad, pad:-pad] = aligned
         again = dlib_detector(canvas)
         assert again, p.name
         five = again[0].landmarks5 - pad
-        errors.append(np.linalg.norm(five[:2] - ARCFACE_TEMPLATE[:2], axis=1))
-    errors = np.array(errors)
-    assert errors.max() < 4.0 and errors.mean() < 2.5, errors
+        warp_err.append(np.linalg.norm(five[:2] - mapped[:2], axis=1))
+        template_err.append(np.linalg.norm(five[:2] - ARCFACE_TEMPLATE[:2], axis=1))
+    warp_err, template_err = np.array(warp_err), np.array(template_err)
+    assert warp_err.max() < 1.5, warp_err
+    assert template_err.max() < 5.0 and template_err.mean() < 3.0, template_err
 
 
 # ------------------------------------------------------------------ face_alignment backend (no network)
