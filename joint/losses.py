@@ -1,0 +1,89 @@
+"""L_train = L_FR + lambda_reco L_reco + lambda_canon L_FR^canon + lambda_view L_view (DESIGN.md section 4).
+
+- L_FR: the FR head (recognition.heads) on the embedding of the (multi-channel) input.
+- L_FR^canon: the same head on the embedding of the canonical renders alone (see joint.model).
+- L_view: mean (1 - cos(z, z_view)) between the embedding of the input and of a re-rendered novel view.
+- L_reco: photometric (masked) + landmark + coefficient priors (+ ground-truth coefficients, a switch),
+  each weighted by the `recon` config section; terms come from recon.losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig, ReconConfig
+
+
+def view_loss(z: torch.Tensor, z_view: torch.Tensor) -> torch.Tensor:
+    """Mean cosine disagreement 1 - cos(z_i, z_view_i), in [0, 2]."""
+    return (1.0 - F.cosine_similarity(z, z_view, dim=1, eps=1e-8)).mean()
+
+
+def _call_first(module: Any, names: Tuple[str, ...], *args: Any, **kwargs: Any) -> torch.Tensor:
+    for name in names:
+        fn = getattr(module, name, None)
+        if fn is not None:
+            return fn(*args, **kwargs)
+    raise AttributeError(f"recon.losses has none of {names}")
+
+
+def reconstruction_terms(rendered: Dict[str, torch.Tensor], images: torch.Tensor, coeffs: torch.Tensor,
+                         batch: Dict[str, Any], cfg: ReconConfig, mm: Any = None, layout: Any = None) -> Dict[str, torch.Tensor]:
+    """Weighted L_reco terms: ``photometric``, ``landmark`` (when the batch has landmarks), ``prior``, ``gt``."""
+    from recon import losses as rl
+
+    terms: Dict[str, torch.Tensor] = {}
+    if cfg.photometric > 0:
+        terms["photometric"] = cfg.photometric * _call_first(
+            rl, ("photometric_loss", "photometric"), rendered["image"], images, rendered["mask"])
+    lms = batch.get("landmarks") if batch else None
+    if cfg.landmark > 0 and lms is not None:
+        lms = lms.to(coeffs.device, coeffs.dtype)
+        terms["landmark"] = cfg.landmark * _call_first(
+            rl, ("landmark_loss", "landmark"), rendered["landmarks2d"], lms)
+    if cfg.prior > 0:
+        terms["prior"] = cfg.prior * _call_first(rl, ("prior_loss", "coefficient_prior", "prior"), coeffs)
+    gt = batch.get("coeffs") if batch else None
+    if cfg.gt_coeffs and gt is not None:
+        gt = gt.to(coeffs.device, coeffs.dtype)
+        terms["gt_coeffs"] = cfg.gt_coeffs_weight * F.mse_loss(coeffs, gt)
+    return terms
+
+
+def joint_loss(out: Dict[str, Any], labels: torch.Tensor, head: torch.nn.Module,
+               lambdas: Optional[LossConfig] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Combine trunk outputs into L_train; logs every term (detached 0-d tensors) by name.
+
+    Log keys: ``loss`` (L_train), ``l_fr`` and the head's own terms (``fr/<name>``), ``l_canon``,
+    ``l_view``, ``l_reco`` and ``reco/<term>``, ``mean_norm``, ``margin``.
+    """
+    lam = lambdas or LossConfig()
+    l_fr, head_logs = head(out["z"], labels)
+    logs: Dict[str, torch.Tensor] = {"l_fr": l_fr.detach()}
+    for k, v in head_logs.items():
+        if k == "loss":
+            continue
+        if k in ("mean_norm", "margin"):
+            logs[k] = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
+        else:
+            logs[f"fr/{k}"] = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
+    total = l_fr
+    if "z_canon" in out and lam.canon > 0:
+        l_canon, _ = head(out["z_canon"], labels)
+        logs["l_canon"] = l_canon.detach()
+        total = total + lam.canon * l_canon
+    if "z_view" in out and lam.view > 0:
+        l_view = view_loss(out["z"], out["z_view"])
+        logs["l_view"] = l_view.detach()
+        total = total + lam.view * l_view
+    if "reco" in out and lam.reco > 0 and out["reco"]:
+        l_reco = sum(out["reco"].values())
+        for k, v in out["reco"].items():
+            logs[f"reco/{k}"] = v.detach()
+        logs["l_reco"] = l_reco.detach()
+        total = total + lam.reco * l_reco
+    logs["loss"] = total.detach()
+    return total, logs
