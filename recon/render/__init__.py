@@ -1,0 +1,70 @@
+"""Differentiable mesh renderer: one interface, two backends.
+
+>>> renderer = build_renderer("auto")               # pytorch3d if importable, else "torch"
+>>> out = renderer(vertices, triangles, colours, 112, K)
+>>> out.image, out.mask, out.depth                  # (B,C,H,W), (B,1,H,W), (B,1,H,W)
+
+Conventions: see :mod:`recon.render.base` (OpenCV camera space in cm, pixel centres at +0.5,
+camera z depth, counter-clockwise-in-the-image front faces).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lh2face.registry import Registry
+
+from .base import RenderOutput, Renderer, check_inputs, parse_image_size, project_vertices
+
+RENDERERS: Registry[Renderer] = Registry("renderer backend")
+
+
+@RENDERERS.register("torch")
+def _build_torch(**options: Any) -> Renderer:
+    from .torch_backend import TorchRenderer
+
+    return TorchRenderer(**options)
+
+
+@RENDERERS.register("pytorch3d")
+def _build_pytorch3d(**options: Any) -> Renderer:
+    from .pytorch3d_backend import PyTorch3DRenderer
+
+    return PyTorch3DRenderer(**options)
+
+
+def pytorch3d_available() -> bool:
+    """True when ``pytorch3d`` (with its compiled rasteriser) imports."""
+    from .pytorch3d_backend import pytorch3d_available as _avail
+
+    return _avail()
+
+
+def available_backends() -> list:
+    """Backend names that can be built in this environment."""
+    return ["torch"] + (["pytorch3d"] if pytorch3d_available() else [])
+
+
+def build_renderer(backend: str = "auto", **options: Any) -> Renderer:
+    """Build a renderer. backend: 'auto' (pytorch3d when importable, else 'torch'), 'torch', 'pytorch3d'.
+
+    Options shared by both backends: ``soft_edges`` (None or sigma in px), ``cull_backfaces`` (bool).
+    The torch backend also takes ``soft_radius``, ``znear``, ``impl`` ('auto' | 'numba' | 'torch').
+    """
+    name = str(backend).lower()
+    if name == "auto":
+        name = "pytorch3d" if pytorch3d_available() else "torch"
+    return RENDERERS.build(name, **options)
+
+
+__all__ = [
+    "RENDERERS",
+    "RenderOutput",
+    "Renderer",
+    "available_backends",
+    "build_renderer",
+    "check_inputs",
+    "parse_image_size",
+    "project_vertices",
+    "pytorch3d_available",
+]

@@ -1,0 +1,345 @@
+"""numba CPU kernels of the renderer. Imported lazily (first CPU render), cached on disk.
+
+All kernels work in float64 on (B,V,3) screen coordinates (u px, v px, z cm) and (F,3) int64
+triangles; per-pixel work is parallel over (batch, row bands) or rows; backward passes are parallel
+over the batch so that every thread scatters into its own gradient slice (no atomics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _setup(scr, tri, h, w, cull, znear, pad, box):
+    """Integer pixel ranges (row0,row1,col0,col1) per (batch, triangle); row0 > row1 = skip."""
+    nb = scr.shape[0]
+    nf = tri.shape[0]
+    for t in prange(nb * nf):
+        b = t // nf
+        f = t - b * nf
+        a0 = tri[f, 0]
+        a1 = tri[f, 1]
+        a2 = tri[f, 2]
+        u0 = scr[b, a0, 0]
+        v0 = scr[b, a0, 1]
+        z0 = scr[b, a0, 2]
+        u1 = scr[b, a1, 0]
+        v1 = scr[b, a1, 1]
+        z1 = scr[b, a1, 2]
+        u2 = scr[b, a2, 0]
+        v2 = scr[b, a2, 1]
+        z2 = scr[b, a2, 2]
+        box[b, f, 0] = 1
+        box[b, f, 1] = 0
+        box[b, f, 2] = 1
+        box[b, f, 3] = 0
+        if not (z0 > znear and z1 > znear and z2 > znear):
+            continue
+        if not (math.isfinite(u0) and math.isfinite(u1) and math.isfinite(u2)
+                and math.isfinite(v0) and math.isfinite(v1) and math.isfinite(v2)):
+            continue
+        area = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
+        if abs(area) <= 1e-12:
+            continue
+        if cull and area > 0:
+            continue
+        umin = min(u0, min(u1, u2)) - pad
+        umax = max(u0, max(u1, u2)) + pad
+        vmin = min(v0, min(v1, v2)) - pad
+        vmax = max(v0, max(v1, v2)) + pad
+        r0 = max(0.0, math.ceil(vmin - 0.5))
+        r1 = min(h - 1.0, math.floor(vmax - 0.5))
+        c0 = max(0.0, math.ceil(umin - 0.5))
+        c1 = min(w - 1.0, math.floor(umax - 0.5))
+        if r0 > r1 or c0 > c1:
+            continue
+        box[b, f, 0] = int(r0)
+        box[b, f, 1] = int(r1)
+        box[b, f, 2] = int(c0)
+        box[b, f, 3] = int(c1)
+
+
+@njit(parallel=True, cache=True)
+def _raster(scr, tri, box, band, face, zbuf):
+    nb, h, w = face.shape
+    nf = tri.shape[0]
+    nbands = (h + band - 1) // band
+    for t in prange(nb * nbands):
+        b = t // nbands
+        r0 = (t - b * nbands) * band
+        r1 = min(h, r0 + band)
+        for i in range(r0, r1):
+            for j in range(w):
+                face[b, i, j] = -1
+                zbuf[b, i, j] = np.inf
+        for f in range(nf):
+            i0 = box[b, f, 0]
+            i1 = box[b, f, 1]
+            if i0 > i1 or i1 < r0 or i0 >= r1:
+                continue
+            j0 = box[b, f, 2]
+            j1 = box[b, f, 3]
+            a0 = tri[f, 0]
+            a1 = tri[f, 1]
+            a2 = tri[f, 2]
+            u0 = scr[b, a0, 0]
+            v0 = scr[b, a0, 1]
+            z0 = scr[b, a0, 2]
+            u1 = scr[b, a1, 0]
+            v1 = scr[b, a1, 1]
+            z1 = scr[b, a1, 2]
+            u2 = scr[b, a2, 0]
+            v2 = scr[b, a2, 1]
+            z2 = scr[b, a2, 2]
+            inv_a = 1.0 / ((u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0))
+            for i in range(max(i0, r0), min(i1, r1 - 1) + 1):
+                py = i + 0.5
+                for j in range(j0, j1 + 1):
+                    px = j + 0.5
+                    l0 = ((u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)) * inv_a
+                    if l0 < 0.0:
+                        continue
+                    l1 = ((u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)) * inv_a
+                    if l1 < 0.0:
+                        continue
+                    l2 = ((u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)) * inv_a
+                    if l2 < 0.0:
+                        continue
+                    q = l0 / z0 + l1 / z1 + l2 / z2
+                    zz = np.float32(1.0 / q)
+                    if zz > 0 and zz < zbuf[b, i, j]:
+                        zbuf[b, i, j] = zz
+                        face[b, i, j] = f
+
+
+@njit(cache=True, inline="always")
+def _seg_dist2(px, py, ax, ay, bx, by):
+    ex = bx - ax
+    ey = by - ay
+    wx = px - ax
+    wy = py - ay
+    den = ex * ex + ey * ey
+    t = 0.0
+    if den > 1e-20:
+        t = (wx * ex + wy * ey) / den
+        t = min(1.0, max(0.0, t))
+    dx = wx - t * ex
+    dy = wy - t * ey
+    return dx * dx + dy * dy
+
+
+@njit(parallel=True, cache=True)
+def _nearest(scr, tri, box, band, face, radius, near):
+    nb, h, w = face.shape
+    nf = tri.shape[0]
+    nbands = (h + band - 1) // band
+    for t in prange(nb * nbands):
+        b = t // nbands
+        r0 = (t - b * nbands) * band
+        r1 = min(h, r0 + band)
+        best = np.full((r1 - r0, w), np.inf, dtype=np.float32)
+        for i in range(r0, r1):
+            for j in range(w):
+                near[b, i, j] = -1
+        for f in range(nf):
+            i0 = box[b, f, 0]
+            i1 = box[b, f, 1]
+            if i0 > i1 or i1 < r0 or i0 >= r1:
+                continue
+            j0 = box[b, f, 2]
+            j1 = box[b, f, 3]
+            a0 = tri[f, 0]
+            a1 = tri[f, 1]
+            a2 = tri[f, 2]
+            u0 = scr[b, a0, 0]
+            v0 = scr[b, a0, 1]
+            u1 = scr[b, a1, 0]
+            v1 = scr[b, a1, 1]
+            u2 = scr[b, a2, 0]
+            v2 = scr[b, a2, 1]
+            for i in range(max(i0, r0), min(i1, r1 - 1) + 1):
+                py = i + 0.5
+                for j in range(j0, j1 + 1):
+                    if face[b, i, j] >= 0:
+                        continue
+                    px = j + 0.5
+                    d2 = min(_seg_dist2(px, py, u0, v0, u1, v1),
+                             min(_seg_dist2(px, py, u1, v1, u2, v2), _seg_dist2(px, py, u2, v2, u0, v0)))
+                    d = np.float32(math.sqrt(d2))
+                    if d <= radius and d < best[i - r0, j]:
+                        best[i - r0, j] = d
+                        near[b, i, j] = f
+
+
+@njit(parallel=True, cache=True)
+def _interp_fwd(scr, attr, tri, face, image, depth):
+    nb, h, w = face.shape
+    nc = attr.shape[2]
+    for r in prange(nb * h):
+        b = r // h
+        i = r - b * h
+        py = i + 0.5
+        for j in range(w):
+            f = face[b, i, j]
+            if f < 0:
+                continue
+            a0 = tri[f, 0]
+            a1 = tri[f, 1]
+            a2 = tri[f, 2]
+            u0 = scr[b, a0, 0]
+            v0 = scr[b, a0, 1]
+            z0 = scr[b, a0, 2]
+            u1 = scr[b, a1, 0]
+            v1 = scr[b, a1, 1]
+            z1 = scr[b, a1, 2]
+            u2 = scr[b, a2, 0]
+            v2 = scr[b, a2, 1]
+            z2 = scr[b, a2, 2]
+            px = j + 0.5
+            e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
+            e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
+            e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+            area = e0 + e1 + e2
+            q0 = e0 / (area * z0)
+            q1 = e1 / (area * z1)
+            q2 = e2 / (area * z2)
+            qs = q0 + q1 + q2
+            w0 = q0 / qs
+            w1 = q1 / qs
+            w2 = q2 / qs
+            depth[b, 0, i, j] = 1.0 / qs
+            for c in range(nc):
+                image[b, c, i, j] = w0 * attr[b, a0, c] + w1 * attr[b, a1, c] + w2 * attr[b, a2, c]
+
+
+@njit(parallel=True, cache=True)
+def _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr):
+    nb, h, w = face.shape
+    nc = attr.shape[2]
+    for b in prange(nb):
+        for i in range(h):
+            py = i + 0.5
+            for j in range(w):
+                f = face[b, i, j]
+                if f < 0:
+                    continue
+                a0 = tri[f, 0]
+                a1 = tri[f, 1]
+                a2 = tri[f, 2]
+                u0 = scr[b, a0, 0]
+                v0 = scr[b, a0, 1]
+                z0 = scr[b, a0, 2]
+                u1 = scr[b, a1, 0]
+                v1 = scr[b, a1, 1]
+                z1 = scr[b, a1, 2]
+                u2 = scr[b, a2, 0]
+                v2 = scr[b, a2, 1]
+                z2 = scr[b, a2, 2]
+                px = j + 0.5
+                e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
+                e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
+                e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+                area = e0 + e1 + e2
+                l0 = e0 / area
+                l1 = e1 / area
+                l2 = e2 / area
+                q0 = l0 / z0
+                q1 = l1 / z1
+                q2 = l2 / z2
+                qs = q0 + q1 + q2
+                w0 = q0 / qs
+                w1 = q1 / qs
+                w2 = q2 / qs
+                gw0 = 0.0
+                gw1 = 0.0
+                gw2 = 0.0
+                for c in range(nc):
+                    g = g_image[b, c, i, j]
+                    if g == 0.0:
+                        continue
+                    g_attr[b, a0, c] += w0 * g
+                    g_attr[b, a1, c] += w1 * g
+                    g_attr[b, a2, c] += w2 * g
+                    gw0 += g * attr[b, a0, c]
+                    gw1 += g * attr[b, a1, c]
+                    gw2 += g * attr[b, a2, c]
+                gd = g_depth[b, 0, i, j]
+                if gw0 == 0.0 and gw1 == 0.0 and gw2 == 0.0 and gd == 0.0:
+                    continue
+                # w_k = q_k / sum q ; depth = 1 / sum q
+                sw = w0 * gw0 + w1 * gw1 + w2 * gw2
+                gq0 = (gw0 - sw) / qs - gd / (qs * qs)
+                gq1 = (gw1 - sw) / qs - gd / (qs * qs)
+                gq2 = (gw2 - sw) / qs - gd / (qs * qs)
+                # q_k = l_k / z_k
+                gl0 = gq0 / z0
+                gl1 = gq1 / z1
+                gl2 = gq2 / z2
+                g_scr[b, a0, 2] -= gq0 * q0 / z0
+                g_scr[b, a1, 2] -= gq1 * q1 / z1
+                g_scr[b, a2, 2] -= gq2 * q2 / z2
+                # l_k = e_k / (e0 + e1 + e2)
+                sl = l0 * gl0 + l1 * gl1 + l2 * gl2
+                ge0 = (gl0 - sl) / area
+                ge1 = (gl1 - sl) / area
+                ge2 = (gl2 - sl) / area
+                # e0 = (u1-px)(v2-py) - (u2-px)(v1-py), and cyclic
+                g_scr[b, a1, 0] += ge0 * (v2 - py) - ge2 * (v0 - py)
+                g_scr[b, a2, 1] += ge0 * (u1 - px) - ge1 * (u0 - px)
+                g_scr[b, a2, 0] += ge1 * (v0 - py) - ge0 * (v1 - py)
+                g_scr[b, a1, 1] += ge2 * (u0 - px) - ge0 * (u2 - px)
+                g_scr[b, a0, 0] += ge2 * (v1 - py) - ge1 * (v2 - py)
+                g_scr[b, a0, 1] += ge1 * (u2 - px) - ge2 * (u1 - px)
+
+
+# --------------------------------------------------------------------------------------------------
+# python-level wrappers (numpy in, numpy out)
+
+
+def _band_rows(nb: int, h: int) -> int:
+    tasks_wanted = 4 * max(1, numba.get_num_threads())
+    bands = max(1, -(-tasks_wanted // max(nb, 1)))
+    return max(1, -(-h // bands))
+
+
+def raster(scr: np.ndarray, tri: np.ndarray, h: int, w: int, cull: bool, znear: float):
+    """scr (B,V,3) f64, tri (F,3) i64 -> face (B,H,W) int64 (-1 bg), zbuf (B,H,W) f32 (inf bg)."""
+    nb = scr.shape[0]
+    box = np.empty((nb, tri.shape[0], 4), dtype=np.int64)
+    _setup(scr, tri, h, w, cull, znear, 0.0, box)
+    face = np.empty((nb, h, w), dtype=np.int64)
+    zbuf = np.empty((nb, h, w), dtype=np.float32)
+    _raster(scr, tri, box, _band_rows(nb, h), face, zbuf)
+    return face, zbuf
+
+
+def nearest(scr, tri, face, radius: float, cull: bool, znear: float):
+    """Nearest triangle within ``radius`` px for uncovered pixels; (B,H,W) int64, -1 none."""
+    nb, h, w = face.shape
+    box = np.empty((nb, tri.shape[0], 4), dtype=np.int64)
+    _setup(scr, tri, h, w, cull, znear, float(radius), box)
+    near = np.empty((nb, h, w), dtype=np.int64)
+    _nearest(scr, tri, box, _band_rows(nb, h), face, np.float32(radius), near)
+    return near
+
+
+def interp_forward(scr, attr, tri, face):
+    """-> image (B,C,H,W) f64, depth (B,1,H,W) f64; zeros on background."""
+    nb, h, w = face.shape
+    image = np.zeros((nb, attr.shape[2], h, w), dtype=np.float64)
+    depth = np.zeros((nb, 1, h, w), dtype=np.float64)
+    _interp_fwd(scr, attr, tri, face, image, depth)
+    return image, depth
+
+
+def interp_backward(scr, attr, tri, face, g_image, g_depth):
+    """-> grad screen (B,V,3) f64, grad attributes (B,V,C) f64."""
+    g_scr = np.zeros(scr.shape, dtype=np.float64)
+    g_attr = np.zeros(attr.shape, dtype=np.float64)
+    _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr)
+    return g_scr, g_attr
