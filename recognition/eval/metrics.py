@@ -162,9 +162,13 @@ def tar_at_far(
 
 
 def format_far(far: float) -> str:
-    """1e-4 -> '1e-4' (table headers and dictionary keys meant for people)."""
-    mant, exp = f"{far:.0e}".split("e")
-    return f"{mant}e{int(exp)}"
+    """1e-4 -> '1e-4', 0.25 -> '0.25' (table headers and dictionary keys meant for people)."""
+    far = float(far)
+    if far > 0:
+        exp = round(math.log10(far))
+        if abs(far - 10.0**exp) <= 1e-9 * far:
+            return f"1e{exp}"
+    return f"{far:g}"
 
 
 def tar_table_markdown(
