@@ -22,8 +22,8 @@ from lh2face.paths import asset
 
 # Std of the smooth albedo modes for unit albedo weights: mode 0 (constant) changes the skin tone,
 # higher (less smooth) modes get less amplitude (1/sqrt(1+k) decay).
-ALBEDO_TONE_STD = 0.10
-ALBEDO_DETAIL_STD = 0.05
+ALBEDO_TONE_STD = 0.08
+ALBEDO_DETAIL_STD = 0.025
 
 
 def _load_basis(path: Path, n: int | None) -> np.ndarray:
