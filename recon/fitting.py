@@ -1,0 +1,362 @@
+"""Per-image 3DMM fitting by analysis-by-synthesis, and regressor training on real photos.
+
+`fit_image(image, landmarks68)` optimises identity, expression, albedo, pose and SH light of the
+bundled morphable model so that its render matches a photo (usually the aligned crop made by
+recon.photos). Coarse to fine, with Adam:
+
+  stage "pose"      landmarks only, rotation + translation (the shape is the mean face);
+  stage "shape"     landmarks + priors, adds identity and expression;
+  stage "photo"     masked photometric + landmarks + priors, everything including albedo and light
+                    (light starts from a linear least-squares fit to the photo).
+
+Units: images float RGB in [0,1] (B,3,H,W); landmarks pixels (B,68,2) in the DESIGN.md convention;
+losses are dimensionless: the landmark term is the mean squared point error divided by the squared
+inter-ocular distance (so NME^2), the photometric term the mean per-pixel RGB distance inside the
+rendered face mask.
+
+`train_regressor(images, landmarks, ...)` trains recon.regressor.CoeffRegressor on real aligned crops
+with landmarks precomputed by `lh2face landmarks` (see recon.landmarks.cache), with the same losses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import intrinsics, project, solve_translation
+from .coeffs import CoeffLayout
+from .geometry import model_to_camera
+from .lighting import sh_basis, sh_shading
+from .morphable import MorphableModel
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+# iBUG-68 landmark weights: jaw contour points are less reliable (silhouette), the inner face more.
+_LM_WEIGHTS = np.ones(68, dtype=np.float32)
+_LM_WEIGHTS[0:17] = 0.5
+_LM_WEIGHTS[27:36] = 2.0  # nose
+_LM_WEIGHTS[60:68] = 2.0  # inner lips
+
+
+@dataclass
+class FitConfig:
+    """Steps, learning rates and loss weights of `fit_image` (defaults: ~1-3 s per image at 112 px on CPU)."""
+
+    steps_pose: int = 60
+    steps_shape: int = 80
+    steps_photo: int = 120
+    lr_pose: float = 0.02  # rotation (rad) and translation (cm / 10) per step
+    lr_shape: float = 0.05
+    lr_albedo: float = 0.05
+    lr_light: float = 0.03
+    w_landmark: float = 50.0  # on NME^2
+    w_photo: float = 1.0
+    w_id: float = 2e-3  # on sum(id^2) (id ~ N(0,1))
+    w_expr: float = 2e-3  # on sum(expr^2), plus a range penalty keeping expr in [0,1]
+    w_albedo: float = 1e-3
+    w_light: float = 1e-2  # keeps the light close to white (colour spread of the SH coefficients)
+    landmark_weights: Optional[Sequence[float]] = None  # (68,), default _LM_WEIGHTS
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    """Output of `fit_image` (batch B).
+
+    coeffs (B,P) detached, CoeffLayout order; landmarks2d (B,68,2) fitted model landmarks in pixels;
+    nme_before / nme_after (B,) landmark error of the initial (mean face, solved pose) and fitted model
+    against the target landmarks, normalised by the inter-ocular distance (outer eye corners);
+    losses: final value of each term; history: one dict per step (step, stage, total and terms);
+    render: final dict(image (B,3,H,W), mask (B,1,H,W), depth (B,1,H,W)) detached; seconds: wall time.
+    """
+
+    coeffs: Tensor
+    landmarks2d: Tensor
+    nme_before: np.ndarray
+    nme_after: np.ndarray
+    losses: Dict[str, float]
+    history: List[Dict[str, Any]]
+    render: Dict[str, Tensor]
+    layout: CoeffLayout
+    seconds: float = 0.0
+
+    def loss_curve(self, key: str = "total") -> np.ndarray:
+        """The per-step values of one loss term (default the total) as a float array."""
+        return np.array([h.get(key, np.nan) for h in self.history], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def inter_ocular_distance(landmarks: ArrayLike) -> Tensor:
+    """(B,68,2) or (68,2) pixels -> (B,) distance between the outer eye corners (points 36 and 45)."""
+    lm = torch.as_tensor(landmarks, dtype=torch.float32)
+    if lm.dim() == 2:
+        lm = lm[None]
+    return (lm[:, 36] - lm[:, 45]).norm(dim=-1)
+
+
+def landmark_nme(pred: ArrayLike, target: ArrayLike) -> np.ndarray:
+    """Normalised mean error: mean over the 68 points of |pred - target| / inter-ocular(target). -> (B,)"""
+    p = torch.as_tensor(pred, dtype=torch.float32)
+    t = torch.as_tensor(target, dtype=torch.float32)
+    if p.dim() == 2:
+        p, t = p[None], t[None]
+    if p.shape != t.shape or p.shape[-2:] != (68, 2):
+        raise ValueError(f"pred and target must both be (B,68,2), got {tuple(p.shape)} and {tuple(t.shape)}")
+    err = (p - t).norm(dim=-1).mean(-1) / inter_ocular_distance(t).clamp_min(1e-6)
+    return err.detach().cpu().numpy().astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _as_image_batch(image: ArrayLike) -> Tensor:
+    """uint8 (H,W,3) / (B,H,W,3) array or float (3,H,W) / (B,3,H,W) tensor in [0,1] -> float (B,3,H,W)."""
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / 255.0
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        if t.dim() == 2:
+            t = t[..., None].expand(-1, -1, 3)
+        if t.dim() == 3 and t.shape[-1] in (1, 3) and t.shape[0] not in (1, 3):
+            t = t.permute(2, 0, 1)
+        elif t.dim() == 4 and t.shape[-1] in (1, 3):
+            t = t.permute(0, 3, 1, 2)
+    else:
+        t = image.float()
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4 or t.shape[1] not in (1, 3):
+        raise ValueError(f"image must be (H,W,3) uint8 or (B,3,H,W) float in [0,1], got shape {tuple(t.shape)}")
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    return t.contiguous()
+
+
+def _as_landmarks(landmarks: ArrayLike, batch: int) -> Tensor:
+    lm = torch.as_tensor(np.asarray(landmarks) if not torch.is_tensor(landmarks) else landmarks,
+                         dtype=torch.float32)
+    if lm.dim() == 2:
+        lm = lm[None]
+    if lm.shape != (batch, 68, 2):
+        raise ValueError(f"landmarks must be (68,2) or (B,68,2) pixels with B={batch}, got {tuple(lm.shape)}")
+    if not torch.isfinite(lm).all():
+        raise ValueError("landmarks contain NaN/inf (an image without a detected face?)")
+    return lm
+
+
+def _landmark_loss(pred: Tensor, target: Tensor, iod: Tensor, weights: Tensor) -> Tensor:
+    """Weighted mean squared point error / iod^2, averaged over the batch (dimensionless, ~NME^2)."""
+    d2 = ((pred - target) ** 2).sum(-1)  # (B,68)
+    return ((d2 * weights).sum(-1) / weights.sum() / iod.clamp_min(1.0) ** 2).mean()
+
+
+def _photo_loss(render: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+    """Mean RGB Euclidean distance over masked pixels (L2,1; robust to outliers such as hair)."""
+    dist = torch.sqrt(((render - image) ** 2).sum(1, keepdim=True) + 1e-8)
+    return (dist * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class _Forward:
+    """coefficients -> camera-space vertices, landmarks and renders (model + camera + SH + renderer)."""
+
+    def __init__(self, model: MorphableModel, renderer: Any, K: Tensor, image_size: Tuple[int, int]):
+        self.model, self.renderer, self.K, self.size = model, renderer, K, image_size
+
+    def landmarks(self, p: Dict[str, Tensor]) -> Tensor:
+        """Project the 68 landmark vertices (yaw-dependent jaw contour) -> (B,68,2) pixels.
+        Only the landmark candidate vertices are evaluated, so this is cheap."""
+        m = self.model
+        idx = m.landmark_indices(p["rotation"][:, 1])  # (B,68)
+        base = m.mean[idx]  # (B,68,3)
+        if m.n_id:
+            base = base + torch.einsum("bk,kbnc->bnc", p["id"], m.id_basis[:, idx])
+        if m.n_expr:
+            base = base + torch.einsum("bk,kbnc->bnc", p["expr"], m.expr_basis[:, idx])
+        cam = model_to_camera(base, p["rotation"], p["translation"])
+        return project(cam, self.K)
+
+    def render(self, p: Dict[str, Tensor], with_depth: bool = False) -> Dict[str, Tensor]:
+        m = self.model
+        verts = m.shape(p["id"], p["expr"])
+        cam = model_to_camera(verts, p["rotation"], p["translation"])
+        normals = m.vertex_normals(cam)
+        colour = m.albedo(p["albedo"]) * sh_shading(normals, p["light"])
+        out = self.renderer(cam, m.triangles, colour, self.size, self.K)
+        lm = project(m.landmarks(cam, p["rotation"][:, 1]), self.K)
+        return dict(image=out.image, mask=out.mask, depth=out.depth, landmarks2d=lm, vertices_cam=cam,
+                    normals=normals)
+
+
+def _initial_pose(model: MorphableModel, lm5: Tensor, K: Tensor) -> Tensor:
+    """Translation (B,3) putting the frontal mean face's 5 alignment points on the detected ones."""
+    pts = model.alignment_points(model.mean[None]).double()[0].cpu().numpy()
+    return torch.tensor(np.stack([solve_translation(pts, q, K.double().cpu().numpy())
+                                  for q in lm5.double().cpu().numpy()]), dtype=torch.float32)
+
+
+def _landmarks5(lm68: Tensor) -> Tensor:
+    return torch.stack([lm68[:, 36:42].mean(1), lm68[:, 42:48].mean(1), lm68[:, 30], lm68[:, 48], lm68[:, 54]], 1)
+
+
+@torch.no_grad()
+def _solve_light(fwd: _Forward, p: Dict[str, Tensor], image: Tensor, ridge: float = 1e-3) -> Tensor:
+    """Least-squares SH light (B,27) for the current shape/albedo: image ~ albedo * (A Y(n)) . l per channel."""
+    m = fwd.model
+    verts = m.shape(p["id"], p["expr"])
+    cam = model_to_camera(verts, p["rotation"], p["translation"])
+    normals = m.vertex_normals(cam)
+    alb = m.albedo(p["albedo"])
+    out = fwd.renderer(cam, m.triangles, torch.cat([alb, normals], -1), fwd.size, fwd.K)
+    B = image.shape[0]
+    lights = []
+    for b in range(B):
+        mask = out.mask[b, 0] > 0.5
+        if int(mask.sum()) < 20:
+            lights.append(p["light"][b])
+            continue
+        a = out.image[b, :3][:, mask].T  # (N,3) albedo
+        n = torch.nn.functional.normalize(out.image[b, 3:6][:, mask].T, dim=-1)
+        Y = sh_basis(n) * torch.tensor([1.0, 2 / 3, 2 / 3, 2 / 3, 0.25, 0.25, 0.25, 0.25, 0.25])  # band factors / pi
+        rows = []
+        for c in range(3):
+            A = a[:, c:c + 1] * Y  # (N,9)
+            y = image[b, c][mask]
+            lhs = A.T @ A + ridge * A.shape[0] * torch.eye(9)
+            rows.append(torch.linalg.solve(lhs, A.T @ y))
+        lights.append(torch.stack(rows).reshape(27))
+    return torch.stack(lights)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def fit_image(
+    image: ArrayLike,
+    landmarks68: ArrayLike,
+    model: Optional[MorphableModel] = None,
+    renderer: Any = None,
+    config: Optional[FitConfig] = None,
+    K: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    init: Optional[Tensor] = None,
+    **overrides: Any,
+) -> FitResult:
+    """Fit the morphable model to one image (or a batch of same-size images).
+
+    image: uint8 (H,W,3) or float (B,3,H,W) in [0,1]; landmarks68: (68,2)/(B,68,2) pixels of that image;
+    model: MorphableModel (default: bundled); renderer: recon.render.build_renderer() by default;
+    config / overrides: FitConfig fields (e.g. steps_photo=50); K: (3,3) intrinsics (default
+    recon.camera.intrinsics for the image size); mask: optional (B,1,H,W) extra photometric mask
+    (e.g. skin); init: optional (B,P) starting coefficients (e.g. a regressor's output; pose is then
+    taken from it instead of being solved). Returns a FitResult.
+    """
+    t0 = time.perf_counter()
+    cfg = FitConfig(**{**asdict(config or FitConfig()), **overrides})
+    model = model if model is not None else MorphableModel()
+    if renderer is None:
+        from .render import build_renderer
+
+        renderer = build_renderer("torch")
+    img = _as_image_batch(image)
+    B, _, H, W = img.shape
+    target = _as_landmarks(landmarks68, B)
+    K = intrinsics((H, W)) if K is None else torch.as_tensor(K, dtype=torch.float32)
+    layout = CoeffLayout.from_model(model)
+    fwd = _Forward(model, renderer, K, (H, W))
+    torch.manual_seed(cfg.seed)
+
+    if init is not None:
+        p0 = {k: v.detach().clone().float() for k, v in layout.split(torch.as_tensor(init).reshape(B, -1)).items()}
+        p0["albedo"] = p0["albedo"].reshape(B, -1)
+    else:
+        p0 = {k: v.clone() for k, v in layout.split(layout.mean_frontal(B)).items()}
+        p0["albedo"] = p0["albedo"].reshape(B, -1)
+        p0["translation"] = _initial_pose(model, _landmarks5(target), K)
+    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    w_lm = torch.tensor(cfg.landmark_weights if cfg.landmark_weights is not None else _LM_WEIGHTS,
+                        dtype=torch.float32)
+    iod = inter_ocular_distance(target)
+    with torch.no_grad():
+        nme_before = landmark_nme(fwd.landmarks(params), target)
+    # translation is optimised in units of 10 cm for z, so one lr suits rotation and translation
+    t_scale = torch.tensor([1.0, 1.0, 10.0])
+    history: List[Dict[str, Any]] = []
+
+    def priors(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        e = p["expr"]
+        light = p["light"].reshape(B, 3, 9)
+        return {
+            "id": cfg.w_id * (p["id"] ** 2).sum(-1).mean(),
+            "expr": cfg.w_expr * (e ** 2).sum(-1).mean() + 10.0 * (torch.relu(-e) ** 2 + torch.relu(e - 1) ** 2).sum(-1).mean(),
+            "albedo": cfg.w_albedo * (p["albedo"] ** 2).sum(-1).mean(),
+            "light": cfg.w_light * ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean(),
+        }
+
+    def run_stage(stage: str, steps: int, groups: List[Tuple[List[str], float]], photo: bool) -> None:
+        if steps <= 0:
+            return
+        # translation is re-parametrised: p["translation"] = base + delta * t_scale
+        base_t = params["translation"].detach().clone()
+        delta = torch.zeros_like(base_t, requires_grad=True)
+        opt_groups = []
+        for names, lr in groups:
+            tensors = [delta if n == "translation" else params[n] for n in names]
+            opt_groups.append({"params": tensors, "lr": lr})
+        opt = torch.optim.Adam(opt_groups)
+        for step in range(steps):
+            p = dict(params)
+            p["translation"] = base_t + delta * t_scale
+            terms: Dict[str, Tensor] = {}
+            if photo:
+                out = fwd.render(p)
+                m = out["mask"] if mask is None else out["mask"] * mask
+                terms["photo"] = cfg.w_photo * _photo_loss(out["image"], img, m)
+                lm = out["landmarks2d"]
+            else:
+                lm = fwd.landmarks(p)
+            terms["landmark"] = cfg.w_landmark * _landmark_loss(lm, target, iod, w_lm)
+            if stage != "pose":
+                terms.update(priors(p))
+            total = sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            history.append({"step": len(history), "stage": stage, "total": float(total.detach()),
+                            **{k: float(v) for k, v in terms.items()}})
+        with torch.no_grad():
+            params["translation"].copy_(base_t + delta * t_scale)
+
+    pose = (["rotation", "translation"], cfg.lr_pose)
+    run_stage("pose", cfg.steps_pose, [pose], photo=False)
+    run_stage("shape", cfg.steps_shape, [pose, (["id", "expr"], cfg.lr_shape)], photo=False)
+    if cfg.steps_photo > 0:
+        with torch.no_grad():
+            params["light"].copy_(_solve_light(fwd, params, img))
+        run_stage("photo", cfg.steps_photo,
+                  [(["rotation", "translation"], cfg.lr_pose * 0.25), (["id", "expr"], cfg.lr_shape * 0.5),
+                   (["albedo"], cfg.lr_albedo), (["light"], cfg.lr_light)], photo=True)
+
+    with torch.no_grad():
+        final = fwd.render(params)
+        coeffs = layout.join({k: v.detach() for k, v in params.items()})
+    last = history[-1] if history else {}
+    return FitResult(
+        coeffs=coeffs,
+        landmarks2d=final["landmarks2d"].detach(),
+        nme_before=nme_before,
+        nme_after=landmark_nme(final["landmarks2d"], target),
+        losses={k: v for k, v in last.items() if k not in ("step", "stage")},
+        history=history,
+        render={k: final[k].detach() for k in ("image", "mask", "depth")},
+        layout=layout,
+        seconds=time.perf_counter() - t0,
+    )
