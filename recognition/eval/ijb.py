@@ -130,7 +130,10 @@ def read_template_pairs(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     text = path.read_text(encoding="utf-8")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        flat = np.fromstring(text, dtype=np.int64, sep=" ")  # whitespace-separated integers
+        try:  # whitespace-separated integers; numpy warns or raises on a token it cannot parse
+            flat = np.fromstring(text, dtype=np.int64, sep=" ")
+        except ValueError:
+            flat, caught = np.zeros(0, dtype=np.int64), [True]
     stripped = text.strip()
     n_lines = stripped.count("\n") + 1 if stripped else 0
     if caught or flat.size == 0 or flat.size != 3 * n_lines:
