@@ -234,6 +234,13 @@ def check_targets(out_dir: PathLike, names: Sequence[str], overwrite: bool) -> N
                                 "pass --overwrite to replace them or choose another --out")
 
 
+def _default_mode() -> int:
+    """0o777 minus the process umask (temporary files and folders are created private)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o777 & ~old
+
+
 def face_folder(target: PathLike, files: dict[str, Any], overwrite: bool = False) -> Path:
     """Write one face folder atomically: every file into a hidden sibling folder, then rename into place.
 
@@ -258,9 +265,12 @@ def face_folder(target: PathLike, files: dict[str, Any], overwrite: bool = False
                 dst.write_bytes(buf.getvalue())
             else:
                 save_image(dst, value)
-        for f in tmp.iterdir():  # data on disk before the folder becomes visible
+        mode = _default_mode()
+        for f in tmp.iterdir():  # data on disk, ordinary permissions, before the folder becomes visible
+            os.chmod(f, mode & 0o666)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, trash / "old")

@@ -30,7 +30,8 @@ import torch
 
 from lh2face.io import PathLike, read_image, save_image, write_json_atomic, atomic_write
 
-__all__ = ["SynthOptions", "SyntheticFaces", "cache_to_folder", "identity_coefficients", "SKIN_TONES"]
+__all__ = ["SynthOptions", "SyntheticFaces", "cache_to_folder", "identity_coefficients", "aligned_translation",
+           "SKIN_TONES"]
 
 # Linear-ish RGB skin reflectances from light to dark (rough values after published skin-colour
 # measurements, chosen by eye); each identity picks one and jitters it.
@@ -205,6 +206,33 @@ def identity_coefficients(model: Any, seed: int, identity: int, options: SynthOp
     return {"id": ident, "albedo": albedo}
 
 
+def aligned_translation(model: Any, ident: torch.Tensor, expr: Optional[torch.Tensor], angles: Any,
+                        image_size: int = 112, scale: float = 1.0, shift: Any = (0.0, 0.0)) -> np.ndarray:
+    """Translation (3,) cm placing a posed face as a 5-point alignment would.
+
+    The centroid of the face's five alignment points (eye centres, nose tip, mouth corners) projects
+    onto the ArcFace template's centroid (+ `shift` pixels) of an image_size crop with the canonical
+    intrinsics, at the canonical distance divided by `scale` (apparent size x scale). ident (n_id,),
+    expr (n_expr,) or None, angles (3,) radians (pitch, yaw, roll).
+    """
+    from .camera import canonical_camera, template
+    from .geometry import model_to_camera_rotation
+
+    cam = canonical_camera(image_size, dtype=torch.float64)
+    with torch.no_grad():
+        verts = model.shape(ident.reshape(1, -1).float(), None if expr is None else expr.reshape(1, -1).float())
+        pts = model.alignment_points(verts)[0].double()  # (5,3) model space
+        R = model_to_camera_rotation(torch.as_tensor(np.asarray(angles), dtype=torch.float64).reshape(1, 3))[0]
+        c = (pts @ R.T).mean(0).numpy()  # centroid in camera axes, before translation
+        c0 = (pts @ cam.R.T).mean(0).numpy()
+    depth = (c0[2] + float(cam.t[2])) / scale  # camera z of the centroid
+    K = cam.K.numpy()
+    target = template(image_size).mean(0) + np.asarray(shift, np.float64)
+    x = (target[0] - K[0, 2]) / K[0, 0] * depth
+    y = (target[1] - K[1, 2]) / K[1, 1] * depth
+    return np.array([x - c[0], y - c[1], depth - c[2]])
+
+
 def _sample_light(rng: np.random.Generator, o: SynthOptions) -> np.ndarray:
     """Random SH light (27,) channel-major (recon.lighting layout): tinted ambient + a directional source
     from the camera's hemisphere + a little band-2 variation."""
@@ -274,12 +302,14 @@ class SyntheticFaces(torch.utils.data.Dataset):
 
     background_images: optional image files whose random crops serve as backgrounds (kind 'image').
     backend: renderer backend name for recon.render.build_renderer.
+    dynamic_contour: jaw landmarks 0-16 follow the silhouette under yaw, as 2D detectors annotate them
+    (MorphableModel.landmark_indices); False gives the fixed 3D jaw vertices.
     """
 
     def __init__(self, num_identities: int, images_per_identity: int, seed: int = 0, identity_offset: int = 0,
                  image_size: int = 112, options: Optional[SynthOptions] = None,
                  background_images: Optional[Sequence[PathLike]] = None, backend: str = "auto",
-                 n_albedo: Optional[int] = None):
+                 n_albedo: Optional[int] = None, dynamic_contour: bool = True):
         for name, val, lo in (("num_identities", num_identities, 1), ("images_per_identity", images_per_identity, 1),
                               ("identity_offset", identity_offset, 0), ("image_size", image_size, 8),
                               ("seed", seed, 0)):
@@ -294,6 +324,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
         self.background_images = [Path(p) for p in (background_images or [])]
         self.backend = backend
         self.n_albedo = n_albedo
+        self.dynamic_contour = bool(dynamic_contour)
         self._res: Optional[_Resources] = None
 
     # pickling for DataLoader workers: drop the model / renderer, rebuilt lazily in the worker
@@ -329,6 +360,7 @@ class SyntheticFaces(torch.utils.data.Dataset):
         """Everything that determines the items (saved with cached copies to detect mismatches)."""
         return {"num_identities": self.num_identities, "images_per_identity": self.images_per_identity,
                 "seed": self.seed, "identity_offset": self.identity_offset, "image_size": self.image_size,
+                "dynamic_contour": self.dynamic_contour,
                 "options": asdict(self.options), "background_images": [str(p) for p in self.background_images]}
 
     # ---------------------------------------------------------------------------------- sampling
@@ -346,18 +378,21 @@ class SyntheticFaces(torch.utils.data.Dataset):
         expr = _sample_expression(rng, model.n_expr, o)
         angles = np.deg2rad([rng.uniform(-o.pitch, o.pitch), rng.uniform(-o.yaw, o.yaw),
                              rng.uniform(-o.roll, o.roll)])
-        t = res.camera.t.double().numpy().copy()
-        scale = 1.0 + rng.uniform(-o.scale, o.scale)
-        shift = rng.uniform(-o.shift, o.shift, size=2) * self.image_size  # pixels
-        z = t[2] / scale  # the face's apparent size goes with 1/z
-        f = float(res.camera.K[0, 0])
-        t = np.array([t[0] * z / t[2] + shift[0] * z / f, t[1] * z / t[2] + shift[1] * z / f, z])
+        t = self._aligned_translation(ident["id"], expr, angles,
+                                      scale=1.0 + rng.uniform(-o.scale, o.scale),
+                                      shift=rng.uniform(-o.shift, o.shift, size=2) * self.image_size)
         light = _sample_light(rng, o)
         parts = {
             "id": ident["id"], "expr": expr, "albedo": ident["albedo"].reshape(-1),
             "rotation": angles, "translation": t, "light": light,
         }
         return self._join(parts)
+
+    def _aligned_translation(self, ident: np.ndarray, expr: np.ndarray, angles: np.ndarray, scale: float,
+                             shift: np.ndarray) -> np.ndarray:
+        res = self.resources
+        return aligned_translation(res.model, torch.from_numpy(ident).float(), torch.from_numpy(expr).float(),
+                                   angles, self.image_size, scale=scale, shift=shift)
 
     def _join(self, parts: dict[str, np.ndarray]) -> torch.Tensor:
         t = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None] for k, v in parts.items()}
@@ -372,7 +407,8 @@ class SyntheticFaces(torch.utils.data.Dataset):
         idx = [int(i) for i in indices]
         coeffs = torch.stack([self.sample_coeffs(i) for i in idx])
         with torch.no_grad():
-            out = render_face(res.model, res.renderer, coeffs, self.image_size, K=res.camera.K)
+            out = render_face(res.model, res.renderer, coeffs, self.image_size, K=res.camera.K,
+                              layout=res.layout, dynamic_contour=self.dynamic_contour)
         images, masks = [], []
         s = self.image_size
         for b, i in enumerate(idx):
