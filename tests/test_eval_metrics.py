@@ -121,3 +121,32 @@ def test_markdown_table() -> None:
     assert lines[2] == f"| lh2face | n/a | {expected:.2f} |"
     assert "n/a: FAR 1e-3 needs >= 1000 impostor pairs, only 20 available" in text
     assert [format_far(f) for f in (1e-6, 0.25)] == ["1e-6", "0.25"]
+
+
+def test_plots_write_pngs_of_the_requested_size(tmp_path) -> None:
+    from lh2face.io import read_image
+    from recognition.eval.plots import plot_lines, plot_metric_bars, plot_roc, thin_roc
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(2000), np.zeros(20000)]
+    scores = rng.normal(size=labels.size) + 2 * labels
+    fpr, tpr, _ = roc_curve(scores, labels)
+    plot_roc(tmp_path / "sub" / "roc.png", {"a": (fpr, tpr), "b": (fpr, np.sqrt(tpr))}, figsize=(5, 4), dpi=80)
+    img = read_image(tmp_path / "sub" / "roc.png")
+    assert img.shape == (320, 400, 3)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 10
+    plot_metric_bars(tmp_path / "bars.png", {"arcface": 0.9, "lh2face": 0.93}, {"arcface": 0.01})
+    assert read_image(tmp_path / "bars.png").shape == (480, 640, 3)
+    plot_lines(tmp_path / "lines.png", {"x": ([1, 2, 3], [0.1, 0.5, 0.2])}, logx=True, dpi=50)
+    assert read_image(tmp_path / "lines.png").shape == (240, 320, 3)
+    assert not list(tmp_path.glob("**/*.tmp"))  # atomic writes leave no temporary files
+    # thinning keeps the step curve's values on its own points
+    tx, ty = thin_roc(fpr, tpr, max_points=500)
+    assert len(tx) <= 500 and tx[-1] == 1.0 and ty[-1] == 1.0
+    original = set(zip(fpr.tolist(), tpr.tolist()))
+    assert all(p in original for p in zip(tx.tolist(), ty.tolist()))  # only measured points
+    pos = tx > 0  # on the log axis each kept point is the last one at its FAR
+    idx = np.searchsorted(fpr, tx[pos], side="right") - 1
+    np.testing.assert_array_equal(tpr[idx], ty[pos])
+    with pytest.raises(ValueError, match="no curves"):
+        plot_roc(tmp_path / "x.png", {})

@@ -11,6 +11,7 @@ from sklearn.model_selection import KFold
 
 from recognition.eval.features import extract_embeddings, iter_batches
 from recognition.eval.verification import (
+    evaluate_image_pairs,
     best_threshold,
     cosine_similarity,
     evaluate_pairs,
@@ -164,3 +165,20 @@ def test_iter_batches_recuts_batches_and_rejects_bad_items() -> None:
         extract_embeddings(_symmetric_fn, x, flip=False, return_both=True)
     with pytest.raises(ValueError, match="must return \\(B, d\\)"):
         extract_embeddings(lambda b: b.mean(dim=(1, 2, 3)), x, progress=False)
+
+
+def test_evaluate_image_pairs_interleaved_layout() -> None:
+    # pair i = images (2i, 2i+1); flat images whose colour encodes the identity
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 4, 40)
+    palette = torch.eye(3)[[0, 1, 2, 0]] + torch.tensor([[0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0.5, 0.5]])
+    images = palette[ids][:, :, None, None].expand(40, 3, 4, 4).contiguous()
+    issame = ids[0::2] == ids[1::2]
+    r = evaluate_image_pairs(lambda x: x.mean(dim=(2, 3)), images, issame, n_folds=2, progress=False)
+    # cosine of the palette colours, computed directly
+    c = palette[ids].numpy()
+    expected = np.sum(c[0::2] * c[1::2], 1) / np.linalg.norm(c[0::2], axis=1) / np.linalg.norm(c[1::2], axis=1)
+    np.testing.assert_allclose(r["scores"], expected, atol=1e-6)
+    assert r["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="2 images per pair"):
+        evaluate_image_pairs(lambda x: x.mean(dim=(2, 3)), images[:38], issame, progress=False)

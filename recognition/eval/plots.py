@@ -29,6 +29,22 @@ def _save(fig: Any, path: Any, dpi: int) -> None:
         fh.write(buf.getvalue())
 
 
+def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 4000) -> Tuple[np.ndarray, np.ndarray]:
+    """At most ~max_points ROC points for drawing (IJB-C has ~15 M): for log-spaced FAR values the
+    last point with fpr <= value is kept, so the drawn curve is the measured step curve sampled on a
+    log grid. Shorter curves are returned unchanged. (K,), (K,) -> (M,), (M,)."""
+    x = np.asarray(fpr, dtype=np.float64)
+    y = np.asarray(tpr, dtype=np.float64)
+    if x.size <= max_points:
+        return x, y
+    pos = x[x > 0]
+    lo = float(pos.min()) if pos.size else 1e-12
+    grid = np.logspace(np.log10(lo), np.log10(max(float(x[-1]), lo)), max_points - 2)
+    idx = np.searchsorted(x, grid, side="right") - 1
+    idx = np.unique(np.r_[0, idx[idx >= 0], x.size - 1])
+    return x[idx], y[idx]
+
+
 def plot_roc(
     path: Any,
     curves: Mapping[str, Tuple[Any, Any]],
@@ -55,6 +71,7 @@ def plot_roc(
         y = np.asarray(tpr, dtype=np.float64)
         if x.shape != y.shape:
             raise ValueError(f"plot_roc: curve {name!r} has fpr {x.shape} and tpr {y.shape}")
+        x, y = thin_roc(x, y)
         keep = x > 0
         ax.plot(x[keep], y[keep], label=str(name), linewidth=1.5)
     for f in marks:

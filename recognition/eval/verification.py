@@ -161,6 +161,36 @@ def evaluate_pairs(
     return out
 
 
+def evaluate_image_pairs(
+    embed_fn: Any,
+    images: Any,
+    issame: Any,
+    batch_size: int = 64,
+    flip: bool = True,
+    device: Any = "cpu",
+    n_folds: int = 10,
+    fars: Iterable[float] = DEFAULT_FARS,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """Verification set of interleaved pairs (the verification .bin layout: images 2i and 2i+1 form
+    pair i): flip-test embeddings, then :func:`evaluate_pairs`.
+
+    Args:
+        embed_fn: (B, 3, H, W) float [0, 1] -> (B, d).
+        images: (2N, 3, H, W) float [0, 1] tensor, or a Dataset / iterable of 2N images.
+        issame: (N,) bool.
+    """
+    from .features import extract_embeddings
+
+    same = np.asarray(issame.detach().cpu().numpy() if hasattr(issame, "detach") else issame).reshape(-1)
+    emb = extract_embeddings(embed_fn, images, batch_size=batch_size, flip=flip, device=device, progress=progress)
+    if emb.shape[0] != 2 * same.shape[0]:
+        raise ValueError(
+            f"{emb.shape[0]} images for {same.shape[0]} pairs; a verification set holds 2 images per pair"
+        )
+    return evaluate_pairs(emb[0::2], emb[1::2], same, n_folds=n_folds, fars=fars)
+
+
 def summary(result: Dict[str, Any], fars: Iterable[float] = (1e-3, 1e-2)) -> str:
     """One line for logs: 'acc 99.12 +- 0.30 | TAR@FAR=1e-3 95.00 | ...'."""
     from .metrics import format_far
