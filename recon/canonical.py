@@ -5,6 +5,7 @@ Every face is drawn by the same fixed camera (recon.camera.canonical_camera) int
 Depth convention: NEAR = 1. Inside the mask, depth = (z_far - z) / (z_far - z_near) with z_near /
 z_far the smallest / largest camera z of this face's visible pixels (so the nose tip is ~1 and the
 farthest visible face border 0); multiplied by the (possibly soft) coverage mask, so background is 0.
+The eye and mouth openings are closed with dark fans (MorphableModel.fill_holes) so the depth has no holes.
 Both outputs are differentiable w.r.t. the identity and albedo coefficients.
 """
 
@@ -22,8 +23,12 @@ from .face import face_colours
 
 
 def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """depth (B,1,H,W) camera z, mask (B,1,H,W) -> (B,1,H,W) per-face [0,1], near = 1, 0 where mask = 0."""
-    inside = mask > 0.5
+    """depth (B,1,H,W) camera z (0 = no surface), mask (B,1,H,W) coverage -> (B,1,H,W) per-face [0,1],
+    near = 1, far = 0, multiplied by the coverage; 0 where no surface was hit (background, soft rims)."""
+    if depth.shape != mask.shape or depth.dim() != 4 or depth.shape[1] != 1:
+        raise ValueError(f"depth and mask must both be (B,1,H,W), got {tuple(depth.shape)} and {tuple(mask.shape)}")
+    hit = depth > 0
+    inside = hit & (mask > 0.5)
     big = torch.finfo(depth.dtype).max
     flat, fin = depth.flatten(1), inside.flatten(1)
     z_near = torch.where(fin, flat, torch.full_like(flat, big)).amin(1)
@@ -32,8 +37,8 @@ def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) 
     z_near = torch.where(empty, torch.zeros_like(z_near), z_near)
     z_far = torch.where(empty, torch.ones_like(z_far), z_far)
     span = (z_far - z_near).clamp_min(eps)[:, None, None, None]
-    d = (z_far[:, None, None, None] - depth) / span
-    return d.clamp(0.0, 1.0) * mask
+    d = ((z_far[:, None, None, None] - depth) / span).clamp(0.0, 1.0)
+    return torch.where(hit, d, torch.zeros_like(d)) * mask
 
 
 def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.Tensor,
@@ -61,5 +66,5 @@ def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.T
     normals = model.vertex_normals(vcam)
     light = standard_light(ident.shape[0], dtype=vcam.dtype).to(vcam.device)
     colours, _, _ = face_colours(model, alb, normals, light)
-    out = renderer(vcam, model.triangles, colours, image_size, cam.K)
+    out = renderer(*model.fill_holes(vcam, colours), image_size, cam.K)
     return out.image.clamp(0.0, 1.0), normalise_depth(out.depth, out.mask)

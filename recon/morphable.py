@@ -4,10 +4,13 @@ Units and axes (model space): centimetres; +x to the viewer's right, +y up, +z t
 (the face looks along +z). Origin: the ICT model's origin (inside the head, about 10 cm behind the nose tip).
 
     shape(id, expr)  = mean + sum_k id_k * id_basis_k + sum_j expr_j * expr_basis_j      (B,V,3) cm
-    albedo(alb)      = clamp(base_albedo + sum_k alb[k, c] * sigma_k * albedo_basis_k, 0, 1)   (B,V,3)
+    albedo(alb)      = clamp(base_albedo + sum_k sigma_k albedo_basis_k (COLOUR_MIX @ alb[k]), 0, 1)   (B,V,3)
 
 Identity weights are ~N(0,1) (modes pre-scaled by their std), expression weights are ARKit blendshape
-activations in [0,1], albedo weights ~N(0,1) per colour channel with per-mode std sigma_k (below).
+activations in [0,1], albedo weights ~N(0,1) per mode and colour channel with per-mode std sigma_k (below).
+The 3 albedo channels of a mode are decorrelated skin-colour axes, mixed into RGB by COLOUR_MIX:
+channel 0 = skin tone (brightness along the base skin colour), 1 = red-green, 2 = yellow-blue, so
+that N(0,1) samples look like skin rather than green or purple faces (still linear, one basis per channel).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from lh2face.paths import asset
 # higher (less smooth) modes get less amplitude (1/sqrt(1+k) decay).
 ALBEDO_TONE_STD = 0.08
 ALBEDO_DETAIL_STD = 0.025
+# Columns: RGB direction of albedo channel 0 (tone, along the base skin colour), 1 (redness), 2 (yellowness).
+COLOUR_MIX = ((0.716, 0.175, 0.088), (0.532, -0.122, 0.053), (0.440, -0.088, -0.140))
+# Colours of the closed openings (render only): eyes dark (iris/lashes at 112 px), mouth interior dark red.
+EYE_COLOUR = (0.16, 0.12, 0.11)
+MOUTH_COLOUR = (0.30, 0.10, 0.10)
 
 
 def _load_basis(path: Path, n: int | None) -> np.ndarray:
@@ -63,7 +71,8 @@ class MorphableModel(nn.Module):
     id_basis (n_id,V,3), expr_basis (n_expr,V,3), triangles (F,3) long, lm68 (68,) long,
     jaw_right (8,) / jaw_left (8,) long (alternative contour vertices for iBUG points 0-7 / 9-16),
     jaw_right_ext / jaw_left_ext (17,) long, base_albedo (V,3), albedo_basis (n_albedo,V) (already
-    multiplied by the per-mode std), uv (U,2), uv_triangles (F,3) long.
+    multiplied by the per-mode std), colour_mix (3,3), uv (U,2), uv_triangles (F,3) long; for rendering,
+    fill_triangles / hole_weights / hole_colours (see fill_holes).
     """
 
     def __init__(self, n_id: int = 100, n_expr: int = 53, n_albedo: int = 20, root: str | Path | None = None):
@@ -95,6 +104,67 @@ class MorphableModel(nn.Module):
         k = np.arange(n_albedo)
         std = np.where(k == 0, ALBEDO_TONE_STD, ALBEDO_DETAIL_STD / np.sqrt(1.0 + k))
         self.register_buffer("albedo_basis", f32(mesh["albedo_basis"][:n_albedo] * std[:, None]))
+        self.register_buffer("colour_mix", torch.tensor(COLOUR_MIX, dtype=torch.float32))
+        self._init_hole_fill(mesh)
+
+    # ------------------------------------------------------------------------------- hole filling
+    def _init_hole_fill(self, mesh: dict) -> None:
+        """Find the eye and mouth openings (boundary loops other than the outer border) and build a
+        fan of triangles around one extra centre vertex per opening, for rendering only."""
+        tris = mesh["triangles"].astype(np.int64)
+        edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+        key = np.sort(edges, 1)
+        _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        boundary = edges[counts[inv.reshape(-1)] == 1]
+        nxt = dict(zip(boundary[:, 0].tolist(), boundary[:, 1].tolist()))
+        loops, seen = [], set()
+        for a in nxt:
+            if a in seen:
+                continue
+            loop, b = [a], nxt[a]
+            seen.add(a)
+            while b != a:
+                loop.append(b)
+                seen.add(b)
+                b = nxt[b]
+            loops.append(loop)
+        loops.sort(key=len)
+        loops = loops[:-1]  # the longest loop is the outer border of the face region
+        V = self.n_vertices
+        weights = np.zeros((len(loops), V), np.float32)
+        fill, colours = [], []
+        mouth_centre = mesh["mean"][mesh["lm68"][60:68]].mean(0)
+        for h, loop in enumerate(loops):
+            weights[h, loop] = 1.0 / len(loop)
+            # boundary edges run (a -> b) inside their triangle; the fan uses (b, a, centre)
+            fill += [(b, a, V + h) for a, b in zip(loop, loop[1:] + loop[:1])]
+            centre = mesh["mean"][loop].mean(0)
+            is_mouth = np.linalg.norm(centre - mouth_centre) < 1.5
+            colours.append(MOUTH_COLOUR if is_mouth else EYE_COLOUR)
+        self.register_buffer("hole_weights", torch.from_numpy(weights))
+        self.register_buffer("fill_triangles", torch.tensor(fill, dtype=torch.int64).reshape(-1, 3))
+        self.register_buffer("hole_colours", torch.tensor(colours, dtype=torch.float32).reshape(-1, 3))
+
+    def fill_holes(self, verts: torch.Tensor, attributes: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Close the eye and mouth openings for rendering.
+
+        verts (B,V,3) (any space), attributes (B,V,C) or None -> verts (B,V+H,3) with one centre vertex
+        per opening (the mean of its boundary loop), triangles (F+F_fill,3), attributes (B,V+H,C) where
+        the centres get the fixed eye / mouth-interior colours when C = 3 and zeros otherwise. The
+        landmarks, normals and the model's `triangles` are unaffected.
+        """
+        self._check_verts(verts)
+        centres = torch.einsum("hv,bvc->bhc", self.hole_weights.to(verts), verts)
+        v = torch.cat([verts, centres], 1)
+        tris = torch.cat([self.triangles, self.fill_triangles], 0)
+        if attributes is None:
+            return v, tris, None
+        if attributes.shape[-1] == 3:
+            extra = self.hole_colours.to(attributes).expand(attributes.shape[0], -1, -1)
+        else:
+            extra = attributes.new_zeros(attributes.shape[0], len(self.hole_weights), attributes.shape[-1])
+        return v, tris, torch.cat([attributes, extra], 1)
 
     # ----------------------------------------------------------------------------------------- shape
     def shape(self, id: torch.Tensor | None = None, expr: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,7 +190,8 @@ class MorphableModel(nn.Module):
             alb = alb.reshape(alb.shape[0], self.n_albedo, 3)
         if alb.dim() != 3 or alb.shape[1:] != (self.n_albedo, 3):
             raise ValueError(f"albedo coefficients must be (B,{self.n_albedo},3), got {tuple(alb.shape)}")
-        out = self.base_albedo + torch.einsum("bkc,kv->bvc", alb.to(self.base_albedo), self.albedo_basis)
+        rgb = alb.to(self.base_albedo) @ self.colour_mix.T  # (B,K,3) per-mode RGB offsets
+        out = self.base_albedo + torch.einsum("bkc,kv->bvc", rgb, self.albedo_basis)
         return out.clamp(0.0, 1.0)
 
     def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
