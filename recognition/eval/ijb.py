@@ -322,13 +322,15 @@ def image_features(
     use_norm_weighting: bool = True,
     use_detector_score: bool = True,
 ) -> np.ndarray:
-    """Per-image features ready for pooling, (N, d) -> (N, d) float64.
+    """Per-image features ready for pooling, (N, d) -> (N, d) (float32 stays float32: IJB-C is 469k x d).
 
     ``use_norm_weighting``: keep the raw (flip-summed) feature, so its norm weights it in the media /
     template sums; False L2-normalises each row first. ``use_detector_score``: multiply row i by
     ``det_scores[i]`` (ignored when ``det_scores`` is None).
     """
-    f = np.asarray(feats, dtype=np.float64)
+    f = np.asarray(feats)
+    if f.dtype not in (np.float32, np.float64):
+        f = f.astype(np.float64)
     if f.ndim != 2:
         raise ValueError(f"image features must be (N, d), got {f.shape}")
     if not use_norm_weighting:
@@ -337,7 +339,7 @@ def image_features(
         s = np.asarray(det_scores, dtype=np.float64).reshape(-1)
         if s.shape[0] != f.shape[0]:
             raise ValueError(f"{f.shape[0]} features but {s.shape[0]} detector scores")
-        f = f * s[:, None]
+        f = f * s.astype(f.dtype)[:, None]
     return f
 
 
@@ -353,9 +355,11 @@ def template_features(
     of its media means, then (``normalize``) L2-normalised. Media ids are grouped per template.
 
     Args: img_feats (N, d); templates, medias (N,) ints.
-    Returns: (template_ids (T,) int64 ascending, feats (T, d) float64).
+    Returns: (template_ids (T,) int64 ascending, feats (T, d) in the dtype of img_feats (float32/64)).
     """
-    f = np.asarray(img_feats, dtype=np.float64)
+    f = np.asarray(img_feats)
+    if f.dtype not in (np.float32, np.float64):
+        f = f.astype(np.float64)
     t = np.asarray(templates).astype(np.int64).reshape(-1)
     m = np.asarray(medias).astype(np.int64).reshape(-1)
     if f.ndim != 2 or f.shape[0] != t.shape[0] or t.shape != m.shape:
@@ -366,14 +370,18 @@ def template_features(
     _, m_idx = np.unique(m, return_inverse=True)
     n_media_ids = int(m_idx.max()) + 1
     key = t_idx.astype(np.int64) * n_media_ids + m_idx  # one key per (template, media)
-    order = np.argsort(key, kind="stable")
-    keys_sorted = key[order]
-    starts = np.r_[0, np.nonzero(np.diff(keys_sorted))[0] + 1]
-    counts = np.diff(np.r_[starts, keys_sorted.size])
-    media_means = np.add.reduceat(f[order], starts, axis=0) / counts[:, None]
-    media_template = keys_sorted[starts] // n_media_ids  # ascending template index
-    t_starts = np.r_[0, np.nonzero(np.diff(media_template))[0] + 1]
-    feats = np.add.reduceat(media_means, t_starts, axis=0)
+    media_keys, media_of_image, counts = np.unique(key, return_inverse=True, return_counts=True)
+    media_of_image = media_of_image.reshape(-1)
+    # sums by index_add (far faster than np.add.reduceat along rows); accumulates in f's dtype
+    ft = torch.from_numpy(np.ascontiguousarray(f))
+    media_sums = torch.zeros((media_keys.size, f.shape[1]), dtype=ft.dtype).index_add_(
+        0, torch.from_numpy(media_of_image.astype(np.int64)), ft
+    )
+    media_means = media_sums / torch.from_numpy(counts).to(ft.dtype)[:, None]
+    media_template = torch.from_numpy((media_keys // n_media_ids).astype(np.int64))
+    feats = (
+        torch.zeros((tids.size, f.shape[1]), dtype=ft.dtype).index_add_(0, media_template, media_means).numpy()
+    )
     if normalize:
         feats = l2_normalize(feats)
     return tids, feats
@@ -383,11 +391,12 @@ def pair_scores(
     template_feats: np.ndarray,
     template_ids: np.ndarray,
     pairs: np.ndarray,
-    chunk: int = 1_000_000,
+    chunk: Optional[int] = None,
 ) -> np.ndarray:
     """Cosine similarity of template pairs.
 
-    Args: template_feats (T, d); template_ids (T,) the id of each row; pairs (P, 2) template ids.
+    Args: template_feats (T, d); template_ids (T,) the id of each row; pairs (P, 2) template ids;
+    chunk: pairs per block (memory bound), default ~64 MB of gathered features.
     Returns (P,) float64. A template with a zero feature (e.g. all detector scores 0) scores 0.
     """
     feats = l2_normalize(np.asarray(template_feats, dtype=np.float64))
@@ -406,11 +415,20 @@ def pair_scores(
         missing = np.unique(p[~found])
         raise ValueError(f"{missing.size} template id(s) in pairs have no features, e.g. {missing[:5].tolist()}")
     rows = order[pos_c]
+    # group pairs by their first template: one gather + matrix-vector product per group
+    # (about 4x faster than gathering both sides pair by pair)
     out = np.empty(p.shape[0], dtype=np.float64)
-    for s in range(0, p.shape[0], chunk):
-        a = feats[rows[s : s + chunk, 0]]
-        b = feats[rows[s : s + chunk, 1]]
-        out[s : s + chunk] = np.einsum("ij,ij->i", a, b)
+    by_first = np.argsort(rows[:, 0], kind="stable")
+    first = rows[by_first, 0]
+    second = rows[by_first, 1]
+    bounds = np.r_[0, np.nonzero(np.diff(first))[0] + 1, first.size]
+    if chunk is None:  # bound the gathered block to ~64 MB whatever d is
+        chunk = max(1024, (1 << 23) // max(1, feats.shape[1]))
+    for g in range(bounds.size - 1):
+        anchor = feats[first[bounds[g]]]
+        for s in range(int(bounds[g]), int(bounds[g + 1]), chunk):
+            e = min(s + chunk, int(bounds[g + 1]))
+            out[by_first[s:e]] = feats[second[s:e]] @ anchor
     return out
 
 
