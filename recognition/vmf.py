@@ -119,7 +119,7 @@ def _log_iv_and_ratio(v: Order, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     if isinstance(v, torch.Tensor):
         vv = v.to(device=x.device, dtype=torch.float64)
     else:
-        vv = torch.tensor(float(v), dtype=torch.float64, device=x.device)
+        vv = torch.full((), float(v), dtype=torch.float64, device=x.device)  # a fill, no host copy
     V = vv + K
     V, x = torch.broadcast_tensors(V, x)
     log_iv_top = _log_iv_debye(V, x)

@@ -320,3 +320,31 @@ def test_mixed_precision_inputs_stay_finite() -> None:
     loss, logs = head(emb, torch.arange(8))
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(emb.grad.float()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", HEADS)
+def test_cuda_matches_cpu_without_host_sync(name: str) -> None:
+    torch.manual_seed(0)
+    cpu = build_head(name, 50, 32).double()
+    gpu = build_head(name, 50, 32).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    emb = torch.randn(16, 32, dtype=torch.float64) * 6
+    labels = torch.randint(0, 50, (16,))
+    e1 = emb.clone().requires_grad_(True)
+    l1, logs1 = cpu(e1, labels)
+    l1.backward()
+    e2 = emb.cuda().requires_grad_(True)
+    labels_gpu = labels.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        l2, logs2 = gpu(e2, labels_gpu)
+        l2.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(l2.detach().cpu(), l1.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(e2.grad.cpu(), e1.grad, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(gpu.weight.grad.cpu(), cpu.weight.grad, rtol=1e-8, atol=1e-10)
+    for k in logs1:
+        torch.testing.assert_close(logs2[k].cpu(), logs1[k], rtol=1e-9, atol=1e-9)

@@ -154,3 +154,12 @@ def test_cuda_matches_cpu() -> None:
     for n in (3, 256, 1024):
         torch.testing.assert_close(log_normalizer(k.cuda(), n).cpu(), log_normalizer(k, n), rtol=1e-6, atol=1e-5)
         torch.testing.assert_close(mean_resultant_length(k.cuda(), n).cpu(), mean_resultant_length(k, n))
+    kk = k.cuda().requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
+    try:
+        out = log_normalizer(kk, 256) + mean_resultant_length(kk, 512)
+        (g,) = torch.autograd.grad(out.sum(), kk)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(g).all()

@@ -87,7 +87,7 @@ class CosFaceHead(MarginHead):
         return cosface_logits(cos, target_col, self.s, self.m)
 
     def margin_logs(self, norms, stats) -> Logs:
-        return {"margin": torch.tensor(self.m, device=norms.device)}
+        return {"margin": torch.full((), self.m, device=norms.device)}
 
     def log_name(self, name: str) -> str:
         return "l_cosface" if name == "l_ce" else name
@@ -110,7 +110,7 @@ class ArcFaceHead(MarginHead):
         return arcface_logits(cos, target_col, self.s, self.m, self.easy_margin)
 
     def margin_logs(self, norms, stats) -> Logs:
-        return {"margin": torch.tensor(self.m, device=norms.device)}
+        return {"margin": torch.full((), self.m, device=norms.device)}
 
     def log_name(self, name: str) -> str:
         return "l_arcface" if name == "l_ce" else name
