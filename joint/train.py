@@ -363,7 +363,8 @@ def evaluate_model(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, device
         def embed_fn(x: torch.Tensor) -> torch.Tensor:
             return model.embed(x.to(device)).float()
 
-        emb = extract_embeddings(embed_fn, bundle.eval_images, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip)
+        emb = extract_embeddings(embed_fn, bundle.eval_images, batch_size=cfg.eval.batch_size, flip=cfg.eval.flip,
+                                 progress=False)
         emb = torch.as_tensor(emb)
         i1, i2, same = bundle.eval_pairs
         res = evaluate_pairs(emb[i1], emb[i2], same.numpy().astype(bool), n_folds=cfg.eval.n_folds)
@@ -463,8 +464,10 @@ def build_head_for_world(cfg: TrainConfig, num_classes: int, rank: int, world: i
     """The classifier: the plain head for one process, recognition.sharded.ShardedClassifier for world > 1."""
     from recognition.sharded import ShardedClassifier
 
+    # The sharded loss is the global-batch loss on every rank; DDP averages trunk gradients over ranks,
+    # so the embedding gradient is scaled by the world size to match one process with the whole batch.
     return ShardedClassifier(cfg.model.head, num_classes, embedding_size=cfg.model.embedding_size,
-                             rank=rank, world_size=world, sample_rate=cfg.model.sharded_sample_rate,
+                             sample_rate=cfg.model.sharded_sample_rate, ddp_average_compensation=True,
                              **cfg.model.head_options)
 
 

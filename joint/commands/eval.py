@@ -1,0 +1,167 @@
+"""`lh2face eval`: verification of a trained model.
+
+    lh2face eval --model RUN_DIR_OR_CKPT --folder DIR          # all pairs among held-out identities
+    lh2face eval --model RUN --bin lfw.bin                     # insightface verification .bin
+    lh2face eval --model RUN --lfw-pairs pairs.txt --lfw-root DIR
+    lh2face eval ijb --model RUN --root IJB --target IJBC      # IJB-B/C 1:1 (recognition.eval.ijb)
+
+Prints accuracy (10-fold) and TAR@FAR; `--out DIR` also writes result.json and roc.png.
+Exit codes: 0 done, 2 bad arguments / unreadable model or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Tuple
+
+NAME = "eval"
+HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs, or IJB-B/C"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("protocol", nargs="?", default="verify", choices=["verify", "ijb"],
+                        help="verify (default: --folder / --bin / --lfw-pairs) or ijb")
+    parser.add_argument("--model", "-m", required=True, help="run directory (newest good checkpoint) or checkpoint file")
+    parser.add_argument("--folder", help="ImageFolder of identities to verify (all pairs, capped by --max-pairs)")
+    parser.add_argument("--bin", help="insightface verification .bin")
+    parser.add_argument("--lfw-pairs", help="LFW pairs.txt")
+    parser.add_argument("--lfw-root", help="LFW image folder (one folder per person)")
+    parser.add_argument("--lfw-ext", default="jpg", help="LFW image extension")
+    parser.add_argument("--root", help="ijb: IJB folder holding meta/ and loose_crop/")
+    parser.add_argument("--target", default="IJBC", help="ijb: IJBB or IJBC")
+    parser.add_argument("--max-pairs", type=int, default=20000)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-flip", action="store_true", help="no flip-test")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="folder for result.json and roc.png")
+
+
+def load_model(path: str, device: Any = "cpu") -> Tuple[Any, Any, Path]:
+    """(JointModel with trained trunk in eval mode, TrainConfig, checkpoint path) from a run dir or file."""
+    from lh2face.config import from_dict
+    from lh2face.io import CheckpointError, load_checkpoint
+
+    from joint.config import TrainConfig
+    from joint.model import JointModel
+    from joint.train import Checkpointer
+
+    p = Path(path)
+    if p.is_dir():
+        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        found = Checkpointer(folder).latest_good()
+        if found is None:
+            raise CheckpointError(f"{p}: no usable checkpoint (ckpt_*.pt) found")
+        step, state = found
+        ckpt = Checkpointer(folder).path(step)
+    else:
+        state, ckpt = load_checkpoint(p), p
+    cfg = from_dict(TrainConfig, state["config"])
+    model = JointModel.from_config(cfg, int(state["num_classes"]))
+    trunk = {k[len("trunk."):]: v for k, v in state["model"].items() if k.startswith("trunk.")}
+    model.trunk.load_state_dict(trunk)
+    model.to(device).eval()
+    return model, cfg, ckpt
+
+
+def _images_tensor(paths, size: int):
+    import torch
+
+    from recognition.data import ImageListDataset
+
+    ds = ImageListDataset([(p, 0) for p in paths], image_size=size, on_error="raise")
+    return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from lh2face.io import CheckpointError, write_json_atomic
+
+    from joint.train import format_result, pick_device
+
+    try:
+        device = pick_device(args.device)
+        model, cfg, ckpt = load_model(args.model, device)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: --model: {exc}", file=sys.stderr)
+        return 2
+    size = cfg.data.image_size
+
+    def embed_fn(x: torch.Tensor) -> torch.Tensor:
+        return model.embed(x.to(device)).float()
+
+    if args.protocol == "ijb":
+        if not args.root:
+            print("error: ijb needs --root (the IJB folder with meta/ and loose_crop/)", file=sys.stderr)
+            return 2
+        from recognition.eval.ijb import evaluate_ijb
+
+        try:
+            with torch.no_grad():
+                res = evaluate_ijb(args.root, args.target, embed_fn, batch_size=args.batch_size,
+                                   use_flip_test=not args.no_flip, out_dir=args.out, name=Path(str(ckpt)).stem,
+                                   device=device)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: ijb: {exc}", file=sys.stderr)
+            return 2
+        print(res.get("table", ""))
+        return 0
+
+    from joint.data import make_pairs
+    from recognition.eval.features import extract_embeddings
+    from recognition.eval.verification import evaluate_pairs
+
+    try:
+        if args.folder:
+            from recognition.data import ImageFolderDataset
+
+            ds = ImageFolderDataset(args.folder, image_size=size, on_error="skip")
+            keep = [i for i in range(len(ds)) if ds[i] is not None]
+            images = torch.stack([ds[i][0] for i in keep])
+            labels = [ds.targets[i] for i in keep]
+            i1, i2, same = make_pairs(labels, args.max_pairs)
+            name = Path(args.folder).name
+        elif args.bin:
+            from joint.data import _load_bin
+            from recognition.data import load_verification_bin
+
+            images, issame = _load_bin(load_verification_bin(args.bin), size)
+            n = len(issame)
+            i1, i2, same = torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2), torch.as_tensor(issame)
+            name = Path(args.bin).stem
+        elif args.lfw_pairs:
+            if not args.lfw_root:
+                print("error: --lfw-pairs needs --lfw-root", file=sys.stderr)
+                return 2
+            from recognition.data import read_lfw_pairs
+
+            pairs = read_lfw_pairs(args.lfw_pairs, args.lfw_root, ext=args.lfw_ext)
+            paths, idx1, idx2 = pairs.unique_paths()
+            images = _images_tensor(paths, size)
+            i1, i2, same = torch.as_tensor(idx1), torch.as_tensor(idx2), torch.as_tensor(pairs.issame)
+            name = "lfw"
+        else:
+            print("error: give --folder, --bin or --lfw-pairs (or the ijb protocol)", file=sys.stderr)
+            return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with torch.no_grad():
+        emb = torch.as_tensor(extract_embeddings(embed_fn, images, batch_size=args.batch_size,
+                                                 flip=not args.no_flip, progress=False))
+    res = evaluate_pairs(emb[i1], emb[i2], same.numpy().astype(bool), n_folds=args.folds)
+    out = {"accuracy": float(res["accuracy"]), "accuracy_std": float(res["accuracy_std"]),
+           "pairs": int(len(same)), "genuine": int(same.sum()), "checkpoint": str(ckpt), "set": name}
+    for far, tar in res["tar_at_far"].items():
+        out[f"tar@far={float(far):.0e}"] = float(tar)
+    print(f"{name}: {format_result(out)}")
+    if args.out:
+        write_json_atomic(Path(args.out) / "result.json", out)
+        from recognition.eval.plots import plot_roc
+
+        plot_roc(Path(args.out) / "roc.png", {name: (np.asarray(res["fpr"]), np.asarray(res["tpr"]))})
+    return 0
