@@ -39,7 +39,11 @@ __all__ = [
     "coeffs_document",
     "load_coeffs",
     "face_folder",
-    "export_faces",
+    "export_coefficients",
+    "export_photos",
+    "synthetic_identities",
+    "face_outputs",
+    "load_coeffs",
 ]
 
 COEFFS_FORMAT = "lh2face-coeffs-v1"

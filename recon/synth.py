@@ -528,8 +528,10 @@ def cache_to_folder(dataset: SyntheticFaces, out_dir: PathLike, chunk_size: int 
             todo.append((cid, idx))
     bar = tqdm(total=n, initial=n - sum(len(i) for _, i in todo), unit="img", desc=f"synth -> {out}",
                disable=not progress, dynamic_ncols=True)
+    # spawn, not fork: the renderer's numba (OpenMP) threads make fork() after a render unsafe
     loader = torch.utils.data.DataLoader(_Chunks(dataset, todo), batch_size=None, shuffle=False,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers,
+                                         multiprocessing_context="spawn" if num_workers > 0 else None)
     for cid, idx, batch in loader:
         for b, i in enumerate(idx):
             save_image(out / cache_relpath(dataset, i), batch["image"][b])

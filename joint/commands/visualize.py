@@ -1,0 +1,114 @@
+"""`lh2face visualize (--synthetic N | --coeffs FILE | PHOTOS...) --out DIR`: pictures of reconstructions.
+
+Writes DIR/grid.png (one row per face: render | overlay on the input | canonical | depth | normals, with
+the 68 landmarks drawn: green = projected from the reconstruction, red = the input's own landmarks) and a
+turntable GIF per face (yaw -60..60 degrees). --poses adds DIR/poses_<name>.png: the face in three poses
+with its canonical and depth renders (the README pictures). Synthetic faces are shown on their rendered
+input image (ground truth: overlay and landmarks must coincide). Photos are detected, aligned and
+reconstructed first; failures are listed in DIR/report.json. Exit code 0 when at least one face was drawn,
+1 when none could be, 2 for bad arguments or existing outputs without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+NAME = "visualize"
+HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("photos", nargs="*", help="photos (files and/or folders) to reconstruct and draw")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--coeffs", help="coefficient file (.json from export, .npy/.npz (N,P), .pt)")
+    src.add_argument("--synthetic", type=int, metavar="N", help="draw N synthetic faces (one image each)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="--synthetic: data set seed (default 0)")
+    parser.add_argument("--identity-offset", type=int, default=0, help="--synthetic: first identity")
+    parser.add_argument("--zoom", type=int, default=2, help="panels are 112 x zoom pixels (default 2)")
+    parser.add_argument("--frames", type=int, default=24, help="turntable frames (default 24)")
+    parser.add_argument("--no-gif", action="store_true", help="skip the turntable GIFs")
+    parser.add_argument("--poses", action="store_true", help="also write poses_<name>.png (3 poses + canonical + depth)")
+    parser.add_argument("--detector", default="dlib", choices=["dlib", "face_alignment"], help="photos: landmarks")
+    parser.add_argument("--fit-steps", type=int, default=None, help="photos: fitting iterations per image")
+    parser.add_argument("--backend", default="auto", help="renderer backend (auto, torch, pytorch3d)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing pictures")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lh2face.io import write_json_atomic
+    from recon.export import load_coeffs
+    from recon.morphable import MorphableModel
+    from recon.render import build_renderer
+    from recon.visualize import visualize_faces
+
+    given = [bool(args.photos), args.coeffs is not None, args.synthetic is not None]
+    if sum(given) != 1:
+        print("error: give exactly one source: PHOTOS..., --coeffs FILE or --synthetic N", file=sys.stderr)
+        return 2
+    if args.zoom < 1 or args.frames < 2:
+        print("error: --zoom must be >= 1 and --frames >= 2", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    report = None
+    try:
+        model = MorphableModel()
+        renderer = build_renderer(args.backend)
+        inputs = landmarks = None
+        if args.synthetic is not None:
+            from recon.synth import SyntheticFaces
+
+            ds = SyntheticFaces(args.synthetic, 1, seed=args.seed, identity_offset=args.identity_offset,
+                                backend=args.backend)
+            batch = ds.render_batch(range(len(ds)))
+            coeffs, inputs, landmarks = batch["coeffs"], list(batch["image"]), None
+            names = [f"synth_{int(i):06d}" for i in batch["identity"]]
+        elif args.coeffs is not None:
+            from recon.coeffs import CoeffLayout
+
+            coeffs, names = load_coeffs(args.coeffs, size=CoeffLayout.from_model(model).size)
+        else:
+            from recon.photos import list_images, reconstruct_photos
+
+            files = list_images(args.photos)
+            if not files:
+                print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
+                return 1
+            opts = {} if args.fit_steps is None else {"fit_steps": args.fit_steps}
+            rows, inputs, landmarks, names = [], [], [], []
+            report = {"processed": [], "skipped": []}
+            for res in reconstruct_photos(files, detector=args.detector, **opts):
+                if not res.ok:
+                    report["skipped"].append({"path": str(res.path), "reason": str(res.reason)})
+                    print(f"  skipped {res.path}: {res.reason}", file=sys.stderr)
+                    continue
+                rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))
+                inputs.append(res.aligned)
+                landmarks.append(getattr(res, "aligned_landmarks", None))
+                names.append(res.path.stem if hasattr(res.path, "stem") else str(res.path))
+                report["processed"].append({"path": str(res.path)})
+            if not rows:
+                write_json_atomic(f"{args.out}/report.json", report)
+                print(f"error: no face could be reconstructed (see {args.out}/report.json)", file=sys.stderr)
+                return 1
+            coeffs = torch.stack(rows)
+        paths = visualize_faces(coeffs, args.out, names=names, inputs=inputs, input_landmarks=landmarks,
+                                zoom=args.zoom, gif=not args.no_gif, gif_frames=args.frames, poses=args.poses,
+                                overwrite=args.overwrite, model=model, renderer=renderer)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report is not None:
+        write_json_atomic(f"{args.out}/report.json", report)
+    n = len(names)
+    files = [str(p) for ps in paths.values() for p in ps]
+    print(f"{n} face(s) drawn in {time.perf_counter() - t0:.1f} s: " + ", ".join(files[:4]) +
+          (" ..." if len(files) > 4 else ""))
+    return 0
