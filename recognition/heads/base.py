@@ -114,7 +114,7 @@ class MarginHead(nn.Module):
             raise ValueError(f"head '{self.name}': embedding_size must be >= 2, got {embedding_size}")
         self.num_classes = int(num_classes)
         self.embedding_size = int(embedding_size)
-        self.weight = nn.Parameter(torch.randn(self.num_classes, self.embedding_size) * float(weight_init_std))
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_size).normal_(0.0, float(weight_init_std)))
 
     # --- hooks ---------------------------------------------------------------------------------
     def batch_statistics(self, norms: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -168,7 +168,8 @@ class MarginHead(nn.Module):
         x = emb / norms.unsqueeze(1)
         w = weight.to(emb.dtype)
         proxies = F.normalize(w, dim=1, eps=1e-12)
-        cos = (x @ proxies.t()).clamp(-1.0, 1.0)
+        # under autocast the product may come back in half precision: margins and softmax run in emb's dtype
+        cos = (x @ proxies.t()).to(emb.dtype).clamp(-1.0, 1.0)
         stats = self.batch_statistics(norms.detach())
         logits = self.margin_logits(cos, norms, target_col, stats)
         partials: Dict[str, torch.Tensor] = {"l_ce": sharded_cross_entropy(logits, target_col, ctx)}
