@@ -1,25 +1,31 @@
 """numba CPU kernels of the renderer. Imported lazily (first CPU render), cached on disk.
 
 All kernels work in float64 on (B,V,3) screen coordinates (u px, v px, z cm) and (F,3) int64
-triangles; per-pixel work is parallel over (batch, row bands) or rows; backward passes are parallel
-over the batch so that every thread scatters into its own gradient slice (no atomics).
+triangles. They are serial, ``nogil`` functions over a range of tasks (batch x row bands, or rows);
+the wrappers below run the ranges on a small Python thread pool (``torch.get_num_threads()``
+workers). No numba ``parallel=True``: its OpenMP workers spin after each region and starve
+PyTorch's own threads (measured here: torch reductions 50x slower right after a parallel kernel on a
+busy 2-core machine). Backward passes scatter into one gradient buffer per chunk (no atomics).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
-from numba import njit, prange
+import torch
+from numba import njit
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _setup(scr, tri, h, w, cull, znear, pad, box):
     """Integer pixel ranges (row0,row1,col0,col1) per (batch, triangle); row0 > row1 = skip."""
     nb = scr.shape[0]
     nf = tri.shape[0]
-    for t in prange(nb * nf):
+    for t in range(nb * nf):
         b = t // nf
         f = t - b * nf
         a0 = tri[f, 0]
@@ -64,12 +70,12 @@ def _setup(scr, tri, h, w, cull, znear, pad, box):
         box[b, f, 3] = int(c1)
 
 
-@njit(parallel=True, cache=True)
-def _raster(scr, tri, box, band, face, zbuf):
+@njit(cache=True, nogil=True)
+def _raster(scr, tri, box, band, face, zbuf, t0, t1):
     nb, h, w = face.shape
     nf = tri.shape[0]
     nbands = (h + band - 1) // band
-    for t in prange(nb * nbands):
+    for t in range(t0, t1):
         b = t // nbands
         r0 = (t - b * nbands) * band
         r1 = min(h, r0 + band)
@@ -133,12 +139,12 @@ def _seg_dist2(px, py, ax, ay, bx, by):
     return dx * dx + dy * dy
 
 
-@njit(parallel=True, cache=True)
-def _nearest(scr, tri, box, band, face, radius, near):
+@njit(cache=True, nogil=True)
+def _nearest(scr, tri, box, band, face, sat, radius, near, t0, t1):
     nb, h, w = face.shape
     nf = tri.shape[0]
     nbands = (h + band - 1) // band
-    for t in prange(nb * nbands):
+    for t in range(t0, t1):
         b = t // nbands
         r0 = (t - b * nbands) * band
         r1 = min(h, r0 + band)
@@ -153,6 +159,11 @@ def _nearest(scr, tri, box, band, face, radius, near):
                 continue
             j0 = box[b, f, 2]
             j1 = box[b, f, 3]
+            # skip triangles whose padded box holds no uncovered pixel (summed-area table)
+            ra = max(i0, r0)
+            rb = min(i1, r1 - 1) + 1
+            if sat[b, rb, j1 + 1] - sat[b, ra, j1 + 1] - sat[b, rb, j0] + sat[b, ra, j0] == 0:
+                continue
             a0 = tri[f, 0]
             a1 = tri[f, 1]
             a2 = tri[f, 2]
@@ -176,11 +187,11 @@ def _nearest(scr, tri, box, band, face, radius, near):
                         near[b, i, j] = f
 
 
-@njit(parallel=True, cache=True)
-def _interp_fwd(scr, attr, tri, face, image, depth):
+@njit(cache=True, nogil=True)
+def _interp_fwd(scr, attr, tri, face, image, depth, t0, t1):
     nb, h, w = face.shape
     nc = attr.shape[2]
-    for r in prange(nb * h):
+    for r in range(t0, t1):
         b = r // h
         i = r - b * h
         py = i + 0.5
@@ -217,92 +228,132 @@ def _interp_fwd(scr, attr, tri, face, image, depth):
                 image[b, c, i, j] = w0 * attr[b, a0, c] + w1 * attr[b, a1, c] + w2 * attr[b, a2, c]
 
 
-@njit(parallel=True, cache=True)
-def _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr):
+@njit(cache=True, nogil=True)
+def _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr, t0, t1):
     nb, h, w = face.shape
     nc = attr.shape[2]
-    for b in prange(nb):
-        for i in range(h):
-            py = i + 0.5
-            for j in range(w):
-                f = face[b, i, j]
-                if f < 0:
+    for r in range(t0, t1):
+        b = r // h
+        i = r - b * h
+        py = i + 0.5
+        for j in range(w):
+            f = face[b, i, j]
+            if f < 0:
+                continue
+            a0 = tri[f, 0]
+            a1 = tri[f, 1]
+            a2 = tri[f, 2]
+            u0 = scr[b, a0, 0]
+            v0 = scr[b, a0, 1]
+            z0 = scr[b, a0, 2]
+            u1 = scr[b, a1, 0]
+            v1 = scr[b, a1, 1]
+            z1 = scr[b, a1, 2]
+            u2 = scr[b, a2, 0]
+            v2 = scr[b, a2, 1]
+            z2 = scr[b, a2, 2]
+            px = j + 0.5
+            e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
+            e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
+            e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+            area = e0 + e1 + e2
+            l0 = e0 / area
+            l1 = e1 / area
+            l2 = e2 / area
+            q0 = l0 / z0
+            q1 = l1 / z1
+            q2 = l2 / z2
+            qs = q0 + q1 + q2
+            w0 = q0 / qs
+            w1 = q1 / qs
+            w2 = q2 / qs
+            gw0 = 0.0
+            gw1 = 0.0
+            gw2 = 0.0
+            for c in range(nc):
+                g = g_image[b, c, i, j]
+                if g == 0.0:
                     continue
-                a0 = tri[f, 0]
-                a1 = tri[f, 1]
-                a2 = tri[f, 2]
-                u0 = scr[b, a0, 0]
-                v0 = scr[b, a0, 1]
-                z0 = scr[b, a0, 2]
-                u1 = scr[b, a1, 0]
-                v1 = scr[b, a1, 1]
-                z1 = scr[b, a1, 2]
-                u2 = scr[b, a2, 0]
-                v2 = scr[b, a2, 1]
-                z2 = scr[b, a2, 2]
-                px = j + 0.5
-                e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
-                e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
-                e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
-                area = e0 + e1 + e2
-                l0 = e0 / area
-                l1 = e1 / area
-                l2 = e2 / area
-                q0 = l0 / z0
-                q1 = l1 / z1
-                q2 = l2 / z2
-                qs = q0 + q1 + q2
-                w0 = q0 / qs
-                w1 = q1 / qs
-                w2 = q2 / qs
-                gw0 = 0.0
-                gw1 = 0.0
-                gw2 = 0.0
-                for c in range(nc):
-                    g = g_image[b, c, i, j]
-                    if g == 0.0:
-                        continue
-                    g_attr[b, a0, c] += w0 * g
-                    g_attr[b, a1, c] += w1 * g
-                    g_attr[b, a2, c] += w2 * g
-                    gw0 += g * attr[b, a0, c]
-                    gw1 += g * attr[b, a1, c]
-                    gw2 += g * attr[b, a2, c]
-                gd = g_depth[b, 0, i, j]
-                if gw0 == 0.0 and gw1 == 0.0 and gw2 == 0.0 and gd == 0.0:
-                    continue
-                # w_k = q_k / sum q ; depth = 1 / sum q
-                sw = w0 * gw0 + w1 * gw1 + w2 * gw2
-                gq0 = (gw0 - sw) / qs - gd / (qs * qs)
-                gq1 = (gw1 - sw) / qs - gd / (qs * qs)
-                gq2 = (gw2 - sw) / qs - gd / (qs * qs)
-                # q_k = l_k / z_k
-                gl0 = gq0 / z0
-                gl1 = gq1 / z1
-                gl2 = gq2 / z2
-                g_scr[b, a0, 2] -= gq0 * q0 / z0
-                g_scr[b, a1, 2] -= gq1 * q1 / z1
-                g_scr[b, a2, 2] -= gq2 * q2 / z2
-                # l_k = e_k / (e0 + e1 + e2)
-                sl = l0 * gl0 + l1 * gl1 + l2 * gl2
-                ge0 = (gl0 - sl) / area
-                ge1 = (gl1 - sl) / area
-                ge2 = (gl2 - sl) / area
-                # e0 = (u1-px)(v2-py) - (u2-px)(v1-py), and cyclic
-                g_scr[b, a1, 0] += ge0 * (v2 - py) - ge2 * (v0 - py)
-                g_scr[b, a2, 1] += ge0 * (u1 - px) - ge1 * (u0 - px)
-                g_scr[b, a2, 0] += ge1 * (v0 - py) - ge0 * (v1 - py)
-                g_scr[b, a1, 1] += ge2 * (u0 - px) - ge0 * (u2 - px)
-                g_scr[b, a0, 0] += ge2 * (v1 - py) - ge1 * (v2 - py)
-                g_scr[b, a0, 1] += ge1 * (u2 - px) - ge2 * (u1 - px)
+                g_attr[b, a0, c] += w0 * g
+                g_attr[b, a1, c] += w1 * g
+                g_attr[b, a2, c] += w2 * g
+                gw0 += g * attr[b, a0, c]
+                gw1 += g * attr[b, a1, c]
+                gw2 += g * attr[b, a2, c]
+            gd = g_depth[b, 0, i, j]
+            if gw0 == 0.0 and gw1 == 0.0 and gw2 == 0.0 and gd == 0.0:
+                continue
+            # w_k = q_k / sum q ; depth = 1 / sum q
+            sw = w0 * gw0 + w1 * gw1 + w2 * gw2
+            gq0 = (gw0 - sw) / qs - gd / (qs * qs)
+            gq1 = (gw1 - sw) / qs - gd / (qs * qs)
+            gq2 = (gw2 - sw) / qs - gd / (qs * qs)
+            # q_k = l_k / z_k
+            gl0 = gq0 / z0
+            gl1 = gq1 / z1
+            gl2 = gq2 / z2
+            g_scr[b, a0, 2] -= gq0 * q0 / z0
+            g_scr[b, a1, 2] -= gq1 * q1 / z1
+            g_scr[b, a2, 2] -= gq2 * q2 / z2
+            # l_k = e_k / (e0 + e1 + e2)
+            sl = l0 * gl0 + l1 * gl1 + l2 * gl2
+            ge0 = (gl0 - sl) / area
+            ge1 = (gl1 - sl) / area
+            ge2 = (gl2 - sl) / area
+            # e0 = (u1-px)(v2-py) - (u2-px)(v1-py), and cyclic
+            g_scr[b, a1, 0] += ge0 * (v2 - py) - ge2 * (v0 - py)
+            g_scr[b, a2, 1] += ge0 * (u1 - px) - ge1 * (u0 - px)
+            g_scr[b, a2, 0] += ge1 * (v0 - py) - ge0 * (v1 - py)
+            g_scr[b, a1, 1] += ge2 * (u0 - px) - ge0 * (u2 - px)
+            g_scr[b, a0, 0] += ge2 * (v1 - py) - ge1 * (v2 - py)
+            g_scr[b, a0, 1] += ge1 * (u2 - px) - ge2 * (u1 - px)
 
 
 # --------------------------------------------------------------------------------------------------
 # python-level wrappers (numpy in, numpy out)
 
+_POOL = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _workers() -> int:
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE != n:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="lh2face-render")
+            _POOL_SIZE = n
+        return _POOL
+
+
+def _chunks(n_tasks: int, n_chunks: int):
+    n_chunks = max(1, min(n_tasks, n_chunks))
+    edges = np.linspace(0, n_tasks, n_chunks + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _run(fn, args, n_tasks: int, per_worker: int = 4) -> int:
+    """Run fn(*args, t0, t1) over [0, n_tasks) split into chunks on the thread pool; returns #chunks."""
+    n = _workers()
+    ranges = _chunks(n_tasks, n * per_worker if n > 1 else 1)
+    if len(ranges) <= 1:
+        for t0, t1 in ranges:
+            fn(*args, t0, t1)
+        return len(ranges)
+    futures = [_pool(n).submit(fn, *args, t0, t1) for t0, t1 in ranges]
+    for f in futures:
+        f.result()
+    return len(ranges)
+
 
 def _band_rows(nb: int, h: int) -> int:
-    tasks_wanted = 4 * max(1, numba.get_num_threads())
+    tasks_wanted = 8 * _workers()
     bands = max(1, -(-tasks_wanted // max(nb, 1)))
     return max(1, -(-h // bands))
 
@@ -314,7 +365,8 @@ def raster(scr: np.ndarray, tri: np.ndarray, h: int, w: int, cull: bool, znear: 
     _setup(scr, tri, h, w, cull, znear, 0.0, box)
     face = np.empty((nb, h, w), dtype=np.int64)
     zbuf = np.empty((nb, h, w), dtype=np.float32)
-    _raster(scr, tri, box, _band_rows(nb, h), face, zbuf)
+    band = _band_rows(nb, h)
+    _run(_raster, (scr, tri, box, band, face, zbuf), nb * (-(-h // band)), per_worker=1)
     return face, zbuf
 
 
@@ -324,7 +376,10 @@ def nearest(scr, tri, face, radius: float, cull: bool, znear: float):
     box = np.empty((nb, tri.shape[0], 4), dtype=np.int64)
     _setup(scr, tri, h, w, cull, znear, float(radius), box)
     near = np.empty((nb, h, w), dtype=np.int64)
-    _nearest(scr, tri, box, _band_rows(nb, h), face, np.float32(radius), near)
+    band = _band_rows(nb, h)
+    sat = np.zeros((nb, h + 1, w + 1), dtype=np.int64)
+    sat[:, 1:, 1:] = (face < 0).cumsum(1).cumsum(2)
+    _run(_nearest, (scr, tri, box, band, face, sat, np.float32(radius), near), nb * (-(-h // band)), per_worker=1)
     return near
 
 
@@ -333,13 +388,25 @@ def interp_forward(scr, attr, tri, face):
     nb, h, w = face.shape
     image = np.zeros((nb, attr.shape[2], h, w), dtype=np.float64)
     depth = np.zeros((nb, 1, h, w), dtype=np.float64)
-    _interp_fwd(scr, attr, tri, face, image, depth)
+    _run(_interp_fwd, (scr, attr, tri, face, image, depth), nb * h)
     return image, depth
 
 
 def interp_backward(scr, attr, tri, face, g_image, g_depth):
-    """-> grad screen (B,V,3) f64, grad attributes (B,V,C) f64."""
-    g_scr = np.zeros(scr.shape, dtype=np.float64)
-    g_attr = np.zeros(attr.shape, dtype=np.float64)
-    _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr)
-    return g_scr, g_attr
+    """-> grad screen (B,V,3) f64, grad attributes (B,V,C) f64 (one buffer per chunk, then summed)."""
+    nb, h, w = face.shape
+    n = _workers()
+    ranges = _chunks(nb * h, n)
+    g_scr = np.zeros((len(ranges),) + scr.shape, dtype=np.float64)
+    g_attr = np.zeros((len(ranges),) + attr.shape, dtype=np.float64)
+    if len(ranges) == 1:
+        _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr[0], g_attr[0], *ranges[0])
+    else:
+        pool = _pool(n)
+        futures = [
+            pool.submit(_interp_bwd, scr, attr, tri, face, g_image, g_depth, g_scr[k], g_attr[k], t0, t1)
+            for k, (t0, t1) in enumerate(ranges)
+        ]
+        for f in futures:
+            f.result()
+    return g_scr.sum(0), g_attr.sum(0)
