@@ -148,3 +148,14 @@ def vertex_error_mm(pred_verts: torch.Tensor, gt_verts: torch.Tensor, scale: boo
     err = (aligned - g).norm(dim=-1).mean(1) * 10.0
     err = err.to(pred_verts.dtype)
     return err[0] if squeeze else err
+
+
+def prior_loss(coeffs: torch.Tensor, layout: CoeffLayout | None = None,
+               weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Weighted coefficient prior as one 0-d tensor (coefficient_priors without the logs). layout
+    defaults to CoeffLayout() (the default MorphableModel's); pass it for other model sizes."""
+    layout = layout or CoeffLayout()
+    if coeffs.dim() != 2 or coeffs.shape[1] != layout.size:
+        raise ValueError(f"coefficients (B,{layout.size}) expected for {layout}, got {tuple(coeffs.shape)}; "
+                         "pass the matching CoeffLayout")
+    return coefficient_priors(coeffs, layout, weights)[0]

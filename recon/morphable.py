@@ -4,13 +4,13 @@ Units and axes (model space): centimetres; +x to the viewer's right, +y up, +z t
 (the face looks along +z). Origin: the ICT model's origin (inside the head, about 10 cm behind the nose tip).
 
     shape(id, expr)  = mean + sum_k id_k * id_basis_k + sum_j expr_j * expr_basis_j      (B,V,3) cm
-    albedo(alb)      = clamp(base_albedo + sum_k sigma_k albedo_basis_k (COLOUR_MIX @ alb[k]), 0, 1)   (B,V,3)
+    albedo(alb)      = clamp(base_albedo + sum_k alb[k, c] * sigma_k * albedo_basis_k, 0, 1)   (B,V,3)
 
 Identity weights are ~N(0,1) (modes pre-scaled by their std), expression weights are ARKit blendshape
 activations in [0,1], albedo weights ~N(0,1) per mode and colour channel with per-mode std sigma_k (below).
-The 3 albedo channels of a mode are decorrelated skin-colour axes, mixed into RGB by COLOUR_MIX:
-channel 0 = skin tone (brightness along the base skin colour), 1 = red-green, 2 = yellow-blue, so
-that N(0,1) samples look like skin rather than green or purple faces (still linear, one basis per channel).
+Channels are independent (R, G, B), so N(0,1) draws on mode 0 also vary the hue: samplers that want
+natural skin should set mode 0 from a skin tone (mode 0 is the constant: it adds alb[0,c] * sigma_0 to
+channel c everywhere) and keep the other modes small (recon.synth does).
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from lh2face.paths import asset
 # higher (less smooth) modes get less amplitude (1/sqrt(1+k) decay).
 ALBEDO_TONE_STD = 0.08
 ALBEDO_DETAIL_STD = 0.025
-# Columns: RGB direction of albedo channel 0 (tone, along the base skin colour), 1 (redness), 2 (yellowness).
-COLOUR_MIX = ((0.716, 0.175, 0.088), (0.532, -0.122, 0.053), (0.440, -0.088, -0.140))
 # Colours of the closed openings (render only): eyes dark (iris/lashes at 112 px), mouth interior dark red.
 EYE_COLOUR = (0.16, 0.12, 0.11)
 MOUTH_COLOUR = (0.30, 0.10, 0.10)
@@ -71,7 +69,7 @@ class MorphableModel(nn.Module):
     id_basis (n_id,V,3), expr_basis (n_expr,V,3), triangles (F,3) long, lm68 (68,) long,
     jaw_right (8,) / jaw_left (8,) long (alternative contour vertices for iBUG points 0-7 / 9-16),
     jaw_right_ext / jaw_left_ext (17,) long, base_albedo (V,3), albedo_basis (n_albedo,V) (already
-    multiplied by the per-mode std), colour_mix (3,3), uv (U,2), uv_triangles (F,3) long; for rendering,
+    multiplied by the per-mode std), uv (U,2), uv_triangles (F,3) long; for rendering,
     fill_triangles / hole_weights / hole_colours (see fill_holes).
     """
 
@@ -104,7 +102,6 @@ class MorphableModel(nn.Module):
         k = np.arange(n_albedo)
         std = np.where(k == 0, ALBEDO_TONE_STD, ALBEDO_DETAIL_STD / np.sqrt(1.0 + k))
         self.register_buffer("albedo_basis", f32(mesh["albedo_basis"][:n_albedo] * std[:, None]))
-        self.register_buffer("colour_mix", torch.tensor(COLOUR_MIX, dtype=torch.float32))
         self._init_hole_fill(mesh)
 
     # ------------------------------------------------------------------------------- hole filling
@@ -190,8 +187,7 @@ class MorphableModel(nn.Module):
             alb = alb.reshape(alb.shape[0], self.n_albedo, 3)
         if alb.dim() != 3 or alb.shape[1:] != (self.n_albedo, 3):
             raise ValueError(f"albedo coefficients must be (B,{self.n_albedo},3), got {tuple(alb.shape)}")
-        rgb = alb.to(self.base_albedo) @ self.colour_mix.T  # (B,K,3) per-mode RGB offsets
-        out = self.base_albedo + torch.einsum("bkc,kv->bvc", rgb, self.albedo_basis)
+        out = self.base_albedo + torch.einsum("bkc,kv->bvc", alb.to(self.base_albedo), self.albedo_basis)
         return out.clamp(0.0, 1.0)
 
     def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,11 @@ def test_priors_and_range_penalty():
     torch.testing.assert_close(total, torch.tensor(5 + 2.5 + 10 * 0.5))
     inside = L.join({**L.split(torch.zeros(1, L.size)), "expr": torch.tensor([[0.2, 1.0]])})
     assert coefficient_priors(inside, L)[1]["expr_range"] == 0
+    from recon.losses import prior_loss
+
+    torch.testing.assert_close(prior_loss(c, L), total)
+    with pytest.raises(ValueError, match="pass the matching CoeffLayout"):
+        prior_loss(c)
     with pytest.raises(ValueError, match="unknown prior"):
         coefficient_priors(c, L, {"shape": 1.0})
 
