@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import losses as L
 from .camera import intrinsics, project, solve_translation
 from .coeffs import CoeffLayout
+from .face import render_face
 from .geometry import model_to_camera
-from .lighting import sh_basis, sh_shading
+from .lighting import sh_basis
 from .morphable import MorphableModel
 
 ArrayLike = Union[np.ndarray, Tensor]
@@ -48,18 +50,19 @@ _LM_WEIGHTS[60:68] = 2.0  # inner lips
 class FitConfig:
     """Steps, learning rates and loss weights of `fit_image` (defaults: ~1-3 s per image at 112 px on CPU)."""
 
-    steps_pose: int = 60
-    steps_shape: int = 80
+    steps_pose: int = 30  # L-BFGS steps (rigid pose on the landmarks)
+    steps_shape: int = 100  # Adam steps from here on
     steps_photo: int = 120
-    lr_pose: float = 0.02  # rotation (rad) and translation (cm / 10) per step
+    lr_pose: float = 0.01  # rotation, radians per step
+    lr_translation: float = 0.05  # translation, cm per step in x, y and 10 cm per step in z
     lr_shape: float = 0.05
     lr_albedo: float = 0.05
     lr_light: float = 0.03
     w_landmark: float = 50.0  # on NME^2
     w_photo: float = 1.0
-    w_id: float = 2e-3  # on sum(id^2) (id ~ N(0,1))
-    w_expr: float = 2e-3  # on sum(expr^2), plus a range penalty keeping expr in [0,1]
-    w_albedo: float = 1e-3
+    w_id: float = 2e-4  # on sum(id^2) (id ~ N(0,1))
+    w_expr: float = 1e-3  # on sum(expr^2), plus a range penalty keeping expr in [0,1]
+    w_albedo: float = 3e-4
     w_light: float = 1e-2  # keeps the light close to white (colour spread of the SH coefficients)
     landmark_weights: Optional[Sequence[float]] = None  # (68,), default _LM_WEIGHTS
     seed: int = 0
@@ -94,24 +97,17 @@ class FitResult:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def inter_ocular_distance(landmarks: ArrayLike) -> Tensor:
-    """(B,68,2) or (68,2) pixels -> (B,) distance between the outer eye corners (points 36 and 45)."""
-    lm = torch.as_tensor(landmarks, dtype=torch.float32)
-    if lm.dim() == 2:
-        lm = lm[None]
-    return (lm[:, 36] - lm[:, 45]).norm(dim=-1)
-
-
 def landmark_nme(pred: ArrayLike, target: ArrayLike) -> np.ndarray:
-    """Normalised mean error: mean over the 68 points of |pred - target| / inter-ocular(target). -> (B,)"""
-    p = torch.as_tensor(pred, dtype=torch.float32)
-    t = torch.as_tensor(target, dtype=torch.float32)
+    """Normalised mean error (recon.losses.landmark_nme): mean over the 68 points of
+    |pred - target| / inter-ocular distance of target (outer eye corners). Arrays or tensors,
+    (68,2) or (B,68,2) -> float64 (B,)."""
+    p = torch.as_tensor(np.asarray(pred) if not torch.is_tensor(pred) else pred, dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target, dtype=torch.float32)
     if p.dim() == 2:
         p, t = p[None], t[None]
     if p.shape != t.shape or p.shape[-2:] != (68, 2):
         raise ValueError(f"pred and target must both be (B,68,2), got {tuple(p.shape)} and {tuple(t.shape)}")
-    err = (p - t).norm(dim=-1).mean(-1) / inter_ocular_distance(t).clamp_min(1e-6)
-    return err.detach().cpu().numpy().astype(np.float64)
+    return L.landmark_nme(p.detach(), t.detach()).cpu().numpy().astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -153,23 +149,12 @@ def _as_landmarks(landmarks: ArrayLike, batch: int) -> Tensor:
     return lm
 
 
-def _landmark_loss(pred: Tensor, target: Tensor, iod: Tensor, weights: Tensor) -> Tensor:
-    """Weighted mean squared point error / iod^2, averaged over the batch (dimensionless, ~NME^2)."""
-    d2 = ((pred - target) ** 2).sum(-1)  # (B,68)
-    return ((d2 * weights).sum(-1) / weights.sum() / iod.clamp_min(1.0) ** 2).mean()
-
-
-def _photo_loss(render: Tensor, image: Tensor, mask: Tensor) -> Tensor:
-    """Mean RGB Euclidean distance over masked pixels (L2,1; robust to outliers such as hair)."""
-    dist = torch.sqrt(((render - image) ** 2).sum(1, keepdim=True) + 1e-8)
-    return (dist * mask).sum() / mask.sum().clamp_min(1.0)
-
-
 class _Forward:
     """coefficients -> camera-space vertices, landmarks and renders (model + camera + SH + renderer)."""
 
     def __init__(self, model: MorphableModel, renderer: Any, K: Tensor, image_size: Tuple[int, int]):
         self.model, self.renderer, self.K, self.size = model, renderer, K, image_size
+        self.layout = CoeffLayout.from_model(model)
 
     def landmarks(self, p: Dict[str, Tensor]) -> Tensor:
         """Project the 68 landmark vertices (yaw-dependent jaw contour) -> (B,68,2) pixels.
@@ -184,16 +169,11 @@ class _Forward:
         cam = model_to_camera(base, p["rotation"], p["translation"])
         return project(cam, self.K)
 
-    def render(self, p: Dict[str, Tensor], with_depth: bool = False) -> Dict[str, Tensor]:
-        m = self.model
-        verts = m.shape(p["id"], p["expr"])
-        cam = model_to_camera(verts, p["rotation"], p["translation"])
-        normals = m.vertex_normals(cam)
-        colour = m.albedo(p["albedo"]) * sh_shading(normals, p["light"])
-        out = self.renderer(cam, m.triangles, colour, self.size, self.K)
-        lm = project(m.landmarks(cam, p["rotation"][:, 1]), self.K)
-        return dict(image=out.image, mask=out.mask, depth=out.depth, landmarks2d=lm, vertices_cam=cam,
-                    normals=normals)
+    def render(self, p: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Full render through recon.face.render_face (yaw-dependent jaw contour for the landmarks)."""
+        coeffs = self.layout.join(p)
+        return render_face(self.model, self.renderer, coeffs, self.size, K=self.K, layout=self.layout,
+                           dynamic_contour=True)
 
 
 def _initial_pose(model: MorphableModel, lm5: Tensor, K: Tensor) -> Tensor:
@@ -284,24 +264,23 @@ def fit_image(
     params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
     w_lm = torch.tensor(cfg.landmark_weights if cfg.landmark_weights is not None else _LM_WEIGHTS,
                         dtype=torch.float32)
-    iod = inter_ocular_distance(target)
     with torch.no_grad():
         nme_before = landmark_nme(fwd.landmarks(params), target)
     # translation is optimised in units of 10 cm for z, so one lr suits rotation and translation
     t_scale = torch.tensor([1.0, 1.0, 10.0])
     history: List[Dict[str, Any]] = []
 
-    def priors(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        e = p["expr"]
-        light = p["light"].reshape(B, 3, 9)
-        return {
-            "id": cfg.w_id * (p["id"] ** 2).sum(-1).mean(),
-            "expr": cfg.w_expr * (e ** 2).sum(-1).mean() + 10.0 * (torch.relu(-e) ** 2 + torch.relu(e - 1) ** 2).sum(-1).mean(),
-            "albedo": cfg.w_albedo * (p["albedo"] ** 2).sum(-1).mean(),
-            "light": cfg.w_light * ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean(),
-        }
+    prior_weights = {"id": cfg.w_id, "expr": cfg.w_expr, "albedo": cfg.w_albedo, "expr_range": 10.0}
 
-    def run_stage(stage: str, steps: int, groups: List[Tuple[List[str], float]], photo: bool) -> None:
+    def priors(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        prior, _ = L.coefficient_priors(layout.join(p), layout, prior_weights)
+        light = p["light"].reshape(B, 3, 9)
+        # keeps the light close to white: spread of the SH coefficients over the colour channels
+        white = cfg.w_light * ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()
+        return {"prior": prior, "light": white}
+
+    def run_stage(stage: str, steps: int, groups: List[Tuple[List[str], float]], photo: bool,
+                  lbfgs: bool = False) -> None:
         if steps <= 0:
             return
         # translation is re-parametrised: p["translation"] = base + delta * t_scale
@@ -311,39 +290,60 @@ def fit_image(
         for names, lr in groups:
             tensors = [delta if n == "translation" else params[n] for n in names]
             opt_groups.append({"params": tensors, "lr": lr})
-        opt = torch.optim.Adam(opt_groups)
-        for step in range(steps):
+        if lbfgs:  # few parameters, smooth landmark loss: quasi-Newton converges in tens of steps
+            opt = torch.optim.LBFGS([t for g in opt_groups for t in g["params"]], lr=1.0, max_iter=1, max_eval=25,
+                                    history_size=20, line_search_fn="strong_wolfe")
+            sched = None
+        else:
+            opt = torch.optim.Adam(opt_groups)
+            # cosine decay to 5 % of each learning rate: Adam with a constant rate keeps jittering
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda k: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps)))
+
+        def evaluate() -> Tuple[Tensor, Dict[str, Tensor]]:
             p = dict(params)
             p["translation"] = base_t + delta * t_scale
             terms: Dict[str, Tensor] = {}
             if photo:
                 out = fwd.render(p)
                 m = out["mask"] if mask is None else out["mask"] * mask
-                terms["photo"] = cfg.w_photo * _photo_loss(out["image"], img, m)
+                terms["photo"] = cfg.w_photo * L.photometric_loss(out["image"], img, m)
                 lm = out["landmarks2d"]
             else:
                 lm = fwd.landmarks(p)
-            terms["landmark"] = cfg.w_landmark * _landmark_loss(lm, target, iod, w_lm)
+            terms["landmark"] = cfg.w_landmark * L.landmark_loss(lm, target, weights=w_lm)
             if stage != "pose":
                 terms.update(priors(p))
-            total = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            history.append({"step": len(history), "stage": stage, "total": float(total.detach()),
-                            **{k: float(v) for k, v in terms.items()}})
+            return sum(terms.values()), terms
+
+        for step in range(steps):
+            record: Dict[str, Any] = {}
+
+            def closure() -> Tensor:
+                opt.zero_grad(set_to_none=True)
+                total, terms = evaluate()
+                total.backward()
+                if not record:  # the loss at the start of this step
+                    record.update(total=float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()})
+                return total
+
+            opt.step(closure)
+            if sched is not None:
+                sched.step()
+            history.append({"step": len(history), "stage": stage, **record})
         with torch.no_grad():
             params["translation"].copy_(base_t + delta * t_scale)
 
-    pose = (["rotation", "translation"], cfg.lr_pose)
-    run_stage("pose", cfg.steps_pose, [pose], photo=False)
-    run_stage("shape", cfg.steps_shape, [pose, (["id", "expr"], cfg.lr_shape)], photo=False)
+    rot, trans = (["rotation"], cfg.lr_pose), (["translation"], cfg.lr_translation)
+    run_stage("pose", cfg.steps_pose, [rot, trans], photo=False, lbfgs=True)
+    run_stage("shape", cfg.steps_shape, [rot, trans, (["id", "expr"], cfg.lr_shape)], photo=False)
     if cfg.steps_photo > 0:
         with torch.no_grad():
             params["light"].copy_(_solve_light(fwd, params, img))
         run_stage("photo", cfg.steps_photo,
-                  [(["rotation", "translation"], cfg.lr_pose * 0.25), (["id", "expr"], cfg.lr_shape * 0.5),
-                   (["albedo"], cfg.lr_albedo), (["light"], cfg.lr_light)], photo=True)
+                  [(["rotation"], cfg.lr_pose * 0.5), (["translation"], cfg.lr_translation * 0.5),
+                   (["id", "expr"], cfg.lr_shape * 0.5), (["albedo"], cfg.lr_albedo), (["light"], cfg.lr_light)],
+                  photo=True)
 
     with torch.no_grad():
         final = fwd.render(params)
