@@ -360,3 +360,140 @@ def fit_image(
         layout=layout,
         seconds=time.perf_counter() - t0,
     )
+
+
+# ------------------------------------------------------------------------------- regressor on photos
+
+
+def crops_from_cache(cache: Any, size: int = 112) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """Aligned crops of the cached faces: every ok row of a LandmarkCache (or a cache file path) is
+    read, aligned with its 5 points to the ArcFace template scaled to `size`, and its 68 landmarks are
+    mapped into the crop. Returns images uint8 (M,size,size,3), landmarks (M,68,2) crop pixels, paths.
+    Rows whose file can no longer be read are left out (with a warning)."""
+    import warnings
+
+    from lh2face.align import align_face
+    from lh2face.io import ImageReadError, read_image
+
+    from .landmarks.cache import load_cache
+
+    if not hasattr(cache, "landmarks68"):
+        cache = load_cache(cache)
+    imgs, lms, paths = [], [], []
+    for k in np.flatnonzero(cache.ok):
+        try:
+            image = read_image(str(cache.paths[k]))
+        except ImageReadError as exc:
+            warnings.warn(f"skipping {cache.paths[k]}: {exc}")
+            continue
+        crop, M = align_face(image, cache.landmarks5[k], size=size, return_matrix=True)
+        imgs.append(crop)
+        lms.append(cache.landmarks68[k] @ M[:, :2].T + M[:, 2])
+        paths.append(str(cache.paths[k]))
+    if not imgs:
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 68, 2), np.float32), []
+    return np.stack(imgs), np.stack(lms).astype(np.float32), paths
+
+
+@torch.no_grad()
+def evaluate_regressor(regressor: torch.nn.Module, images: ArrayLike, landmarks: ArrayLike,
+                       model: Optional[MorphableModel] = None, batch_size: int = 32) -> np.ndarray:
+    """Landmark NME (B,) of one regressor pass: project the predicted model's landmarks (no fitting)."""
+    model = model if model is not None else MorphableModel()
+    img = _as_image_batch(images)
+    lm = _as_landmarks(landmarks, img.shape[0])
+    K = intrinsics(tuple(img.shape[-2:]))
+    fwd = _Forward(model, None, K, tuple(img.shape[-2:]))
+    was_training = regressor.training
+    regressor.eval()
+    out = []
+    for s in range(0, img.shape[0], batch_size):
+        p = fwd.layout.split(regressor(img[s:s + batch_size]))
+        p["albedo"] = p["albedo"].reshape(p["albedo"].shape[0], -1)
+        out.append(landmark_nme(fwd.landmarks(p), lm[s:s + batch_size]))
+    regressor.train(was_training)
+    return np.concatenate(out)
+
+
+def train_regressor(
+    images: ArrayLike,
+    landmarks: ArrayLike,
+    regressor: Optional[torch.nn.Module] = None,
+    model: Optional[MorphableModel] = None,
+    renderer: Any = None,
+    steps: int = 500,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    synthetic: Any = None,
+    w_landmark: float = 50.0,
+    w_photo: float = 1.0,
+    w_coeffs: float = 1.0,
+    prior_weights: Optional[Dict[str, float]] = None,
+    seed: int = 0,
+    log_every: int = 0,
+) -> Tuple[torch.nn.Module, List[Dict[str, float]]]:
+    """Train a CoeffRegressor on real aligned crops (self-supervised) and optionally synthetic faces.
+
+    images: uint8 (N,S,S,3) or float (N,3,S,S) aligned crops (e.g. from `crops_from_cache`);
+    landmarks: (N,68,2) crop pixels (precomputed by `lh2face landmarks`). Per step, a batch of real
+    crops gives the masked photometric loss of the re-render (recon.face.render_face), the 68-landmark
+    loss and the coefficient priors. `synthetic`: optional sequence of dicts with image (3,S,S),
+    coeffs (P,) and landmarks (68,2) (recon.synth.SyntheticFaces): half of each step's batch then
+    comes from it with the ground-truth coefficient loss and landmark loss added.
+    Returns (regressor, history: one dict of floats per step).
+    """
+    from .regressor import CoeffRegressor
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = model if model is not None else MorphableModel()
+    if renderer is None:
+        from .render import build_renderer
+
+        renderer = build_renderer("torch")
+    img = _as_image_batch(images)
+    N, _, H, W = img.shape
+    if N == 0:
+        raise ValueError("train_regressor needs at least one image (does the landmark cache hold any face?)")
+    lm = _as_landmarks(landmarks, N)
+    layout = CoeffLayout.from_model(model)
+    regressor = regressor if regressor is not None else CoeffRegressor(layout=layout, image_size=H)
+    if getattr(regressor, "layout", layout) != layout:
+        raise ValueError(f"regressor layout {regressor.layout} does not match the model's {layout}")
+    K = intrinsics((H, W))
+    pw = {"id": 2e-4, "expr": 1e-3, "albedo": 3e-4, "expr_range": 10.0, **(prior_weights or {})}
+    opt = torch.optim.Adam(regressor.parameters(), lr=lr)
+    regressor.train()
+    history: List[Dict[str, float]] = []
+    n_real = batch_size if synthetic is None else max(1, batch_size // 2)
+    for step in range(steps):
+        idx = torch.randint(0, N, (min(n_real, N),), generator=gen)
+        x, target = img[idx], lm[idx]
+        coeffs = regressor(x)
+        out = render_face(model, renderer, coeffs, (H, W), K=K, layout=layout, dynamic_contour=True)
+        terms: Dict[str, Tensor] = {
+            "photo": w_photo * L.photometric_loss(out["image"], x, out["mask"]),
+            "landmark": w_landmark * L.landmark_loss(out["landmarks2d"], target, weights=torch.from_numpy(_LM_WEIGHTS)),
+            "prior": L.coefficient_priors(coeffs, layout, pw)[0],
+        }
+        if synthetic is not None:
+            sidx = torch.randint(0, len(synthetic), (batch_size - n_real,), generator=gen).tolist()
+            items = [synthetic[i] for i in sidx]
+            sx = torch.stack([torch.as_tensor(it["image"]) for it in items]).float()
+            sc = torch.stack([torch.as_tensor(it["coeffs"]) for it in items]).float()
+            sl = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).float()
+            pred = regressor(sx)
+            terms["coeffs"] = w_coeffs * L.coefficient_loss(pred, sc, layout)[0]
+            sp = layout.split(pred)
+            sp["albedo"] = sp["albedo"].reshape(len(items), -1)
+            slm = _Forward(model, None, intrinsics(tuple(sx.shape[-2:])), tuple(sx.shape[-2:])).landmarks(sp)
+            terms["landmark_synth"] = w_landmark * L.landmark_loss(slm, sl)
+        total = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        history.append({"step": step, "total": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
+        if log_every and step % log_every == 0:
+            print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
+    regressor.eval()
+    return regressor, history
