@@ -60,7 +60,8 @@ class ExportExistsError(FileExistsError):
 def depth_to_uint16(depth: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     """Normalised depth in [0,1], (H,W) or (1,H,W) -> uint16 (H,W) = round(depth * 65535)."""
     d = depth.detach().cpu().numpy() if torch.is_tensor(depth) else np.asarray(depth)
-    d = np.squeeze(d)
+    if d.ndim == 3 and d.shape[0] == 1:
+        d = d[0]
     if d.ndim != 2:
         raise ValueError(f"depth must be (H,W) or (1,H,W), got {np.shape(depth)}")
     return np.round(np.clip(d.astype(np.float64), 0.0, 1.0) * DEPTH_SCALE).astype(np.uint16)

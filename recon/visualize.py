@@ -48,26 +48,32 @@ def _as_hwc_uint8(image: object) -> np.ndarray:
 
 def draw_landmarks(image: object, landmarks: Optional[object], colour: tuple[int, int, int] = (0, 255, 0),
                    radius: float = 1.0, scale: float = 1.0) -> np.ndarray:
-    """Draw (68,2) pixel landmarks (DESIGN conventions: pixel centres at +0.5) as dots on an image.
+    """Draw (N,2) pixel landmarks (DESIGN conventions: the centre of pixel (row i, col j) is (j+0.5, i+0.5))
+    as dots: every pixel whose centre lies within `radius` of a point, and always the pixel containing it.
 
     image: float [0,1] (3,H,W) / (H,W,3) or uint8 (H,W,3). `scale` maps landmark pixels to this image
-    (e.g. 4 for a 4x upscaled panel). Returns uint8 (H,W,3); the input is not modified.
+    (e.g. 2 for a 2x upscaled panel; the radius grows with it). Returns uint8 (H,W,3); the input is not
+    modified. Non-finite points are skipped.
     """
-    from PIL import Image, ImageDraw
-
-    arr = _as_hwc_uint8(image)
+    arr = _as_hwc_uint8(image).copy()
     if landmarks is None:
-        return arr.copy()
+        return arr
     pts = landmarks.detach().cpu().numpy() if torch.is_tensor(landmarks) else np.asarray(landmarks)
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2) * scale
-    im = Image.fromarray(arr)
-    draw = ImageDraw.Draw(im)
+    h, w = arr.shape[:2]
     r = radius * max(1.0, scale / 2.0)
+    reach = int(np.ceil(r)) + 1
+    col = np.asarray(colour, np.uint8)
     for x, y in pts:
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(colour))
-    return np.asarray(im)
+        j0, i0 = int(np.floor(x)), int(np.floor(y))
+        for i in range(i0 - reach, i0 + reach + 1):
+            for j in range(j0 - reach, j0 + reach + 1):
+                if 0 <= i < h and 0 <= j < w and (
+                        (i, j) == (i0, j0) or (j + 0.5 - x) ** 2 + (i + 0.5 - y) ** 2 <= r * r):
+                    arr[i, j] = col
+    return arr
 
 
 def colourise_depth(depth: object, mask: Optional[object] = None, cmap: str = "magma") -> np.ndarray:
