@@ -109,8 +109,10 @@ def check_inputs(
     if triangles.is_floating_point():
         raise TypeError("triangles must be an integer tensor (long)")
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
-    if triangles.numel() and (int(triangles.min()) < 0 or int(triangles.max()) >= v):
-        raise ValueError(f"triangles index vertices outside [0, {v})")
+    if triangles.numel():
+        lo, hi = torch.aminmax(triangles)
+        if int(lo) < 0 or int(hi) >= v:
+            raise ValueError(f"triangles index vertices outside [0, {v})")
     if attributes is None:
         attributes = vertices.new_zeros(b, v, 0)
     if not torch.is_tensor(attributes) or attributes.dim() != 3 or attributes.shape[:2] != (b, v):
