@@ -23,13 +23,14 @@ def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor, normals: to
 
 def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, image_size: int | tuple[int, int] = 112,
                 K: torch.Tensor | None = None, layout: CoeffLayout | None = None,
-                dynamic_contour: bool = False, fill_holes: bool = True) -> dict[str, torch.Tensor]:
+                dynamic_contour: bool | str = False, fill_holes: bool = True) -> dict[str, torch.Tensor]:
     """Render faces from coefficient vectors.
 
     model: MorphableModel; renderer: recon.render renderer; coeffs (B,P) in `layout` (default
     CoeffLayout.from_model(model)); image_size int or (H,W); K (3,3)/(B,3,3) pixels (default
-    recon.camera.intrinsics(image_size), the canonical crop's focal). dynamic_contour: use the yaw-dependent
-    jaw contour for landmarks 0-16 (see MorphableModel.landmark_indices). fill_holes: close the eye and
+    recon.camera.intrinsics(image_size), the canonical crop's focal). dynamic_contour: False (fixed 3D jaw
+    vertices), True (under yaw > 20 deg the far-side jaw points use the posterior contour variant) or
+    "silhouette" (they are searched on the rendered outline; see MorphableModel.landmark_indices). fill_holes: close the eye and
     mouth openings with dark fans (MorphableModel.fill_holes) so the background never shows through.
 
     Returns dict: image (B,3,H,W) in [0,1] (0 on background), mask (B,1,H,W), depth (B,1,H,W) camera z cm,
@@ -50,6 +51,6 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
         rv, rt, rc = vcam, model.triangles, colours
     out = renderer(rv, rt, rc, image_size, K)
     yaw = p["rotation"][:, 1] if dynamic_contour else None
-    lm2d = project(model.landmarks(vcam, yaw), K)
+    lm2d = project(model.landmarks(vcam, yaw, silhouette=dynamic_contour == "silhouette"), K)
     return {"image": out.image, "mask": out.mask, "depth": out.depth, "landmarks2d": lm2d,
             "vertices_cam": vcam, "normals": normals, "colours": colours, "albedo": alb, "shading": shade}

@@ -103,6 +103,27 @@ class MorphableModel(nn.Module):
         std = np.where(k == 0, ALBEDO_TONE_STD, ALBEDO_DETAIL_STD / np.sqrt(1.0 + k))
         self.register_buffer("albedo_basis", f32(mesh["albedo_basis"][:n_albedo] * std[:, None]))
         self._init_hole_fill(mesh)
+        self.register_buffer("contour_candidates", torch.from_numpy(self._contour_candidates(mesh)))
+
+    @staticmethod
+    def _contour_candidates(mesh: dict, band: float = 0.35, max_candidates: int = 48) -> np.ndarray:
+        """(2,8,C) vertex ids: for each jaw landmark 0-7 (side 0) and 9-16 (side 1), the mean-mesh vertices
+        of a horizontal band (|y - y_k| < band cm) on that side, outside the nose (|x| >= min(2 cm, |x_k|))
+        and in front of the posterior contour (z >= its z - 0.5 cm): where the silhouette can be under yaw.
+        Padded by repeating the landmark's own vertex (C = max_candidates, nearest in y kept first)."""
+        v, lm = mesh["mean"], mesh["lm68"]
+        out = np.zeros((2, 8, max_candidates), np.int64)
+        for side, (ids, alt, sign) in enumerate(((range(0, 8), mesh["jaw_right"], -1.0), (range(9, 17), mesh["jaw_left"], 1.0))):
+            for j, (k, a) in enumerate(zip(ids, alt)):
+                xk, yk, zk = v[lm[k]]
+                zmin = min(zk, v[a, 2]) - 0.5
+                ok = (np.abs(v[:, 1] - yk) < band) & (sign * v[:, 0] >= min(2.0, abs(xk))) & (v[:, 2] >= zmin)
+                cand = np.flatnonzero(ok)
+                cand = cand[np.argsort(np.abs(v[cand, 1] - yk), kind="stable")][:max_candidates]
+                row = np.full(max_candidates, lm[k], np.int64)
+                row[: len(cand)] = cand
+                out[side, j] = row
+        return out
 
     # ------------------------------------------------------------------------------- hole filling
     def _init_hole_fill(self, mesh: dict) -> None:
@@ -196,27 +217,43 @@ class MorphableModel(nn.Module):
         return face_area_weighted_normals(verts, self.triangles)
 
     # ------------------------------------------------------------------------------------ landmarks
-    def landmark_indices(self, yaw: torch.Tensor | None = None, threshold: float = 0.35) -> torch.Tensor:
+    def landmark_indices(self, yaw: torch.Tensor | None = None, threshold: float = 0.35,
+                         verts_cam: torch.Tensor | None = None) -> torch.Tensor:
         """68 landmark vertex ids, (68,) or (B,68) when yaw (B,) radians is given.
 
-        With yaw, the jaw points on the side turning away from the camera are swapped for the more
-        posterior contour variant (the silhouette): yaw > threshold -> jaw_left for points 9-16,
-        yaw < -threshold -> jaw_right for points 0-7 (see recon.geometry for the yaw sign).
+        With yaw, the jaw points on the side turning away from the camera (yaw > threshold: points 9-16,
+        the face's left = image right; yaw < -threshold: points 0-7; yaw sign as in recon.geometry) follow
+        the silhouette: without verts_cam they are swapped for the model's posterior contour variant
+        (jaw_left / jaw_right); with verts_cam (B,V,3) camera space they are searched, per point, among
+        the vertices of a horizontal band of the cheek (`contour_candidates`) for the one that projects
+        outermost (largest / smallest x/z), i.e. the visible outline as iBUG annotators mark it.
         """
         if yaw is None:
             return self.lm68
-        base = self.lm68.expand(yaw.shape[0], 68).clone()
-        left = base.clone()
-        left[:, 9:17] = self.jaw_left
-        right = base.clone()
-        right[:, 0:8] = self.jaw_right
+        B = yaw.shape[0]
+        base = self.lm68.expand(B, 68).clone()
+        left, right = base.clone(), base.clone()
+        if verts_cam is None:
+            left[:, 9:17] = self.jaw_left
+            right[:, 0:8] = self.jaw_right
+        else:
+            self._check_verts(verts_cam)
+            with torch.no_grad():
+                for side, sl, pick in ((0, slice(0, 8), torch.argmin), (1, slice(9, 17), torch.argmax)):
+                    cand = self.contour_candidates[side]  # (8,C)
+                    pts = verts_cam[:, cand.reshape(-1)].reshape(B, *cand.shape, 3)
+                    u = pts[..., 0] / pts[..., 2].clamp_min(1e-6)
+                    best = torch.gather(cand.expand(B, -1, -1), 2, pick(u, dim=2, keepdim=True))[..., 0]
+                    (right if side == 0 else left)[:, sl] = best
         y = yaw.detach()[:, None]
         return torch.where(y > threshold, left, torch.where(y < -threshold, right, base))
 
-    def landmarks(self, verts: torch.Tensor, yaw: torch.Tensor | None = None) -> torch.Tensor:
-        """verts (B,V,3) -> (B,68,3) landmark positions in the same space (iBUG order)."""
+    def landmarks(self, verts: torch.Tensor, yaw: torch.Tensor | None = None, silhouette: bool = False) -> torch.Tensor:
+        """verts (B,V,3) -> (B,68,3) landmark positions in the same space (iBUG order). With yaw (B,), the
+        far-side jaw points follow the silhouette (landmark_indices); silhouette=True searches it (verts
+        must then be in camera space), else the fixed posterior contour variant is used."""
         self._check_verts(verts)
-        idx = self.landmark_indices(yaw)
+        idx = self.landmark_indices(yaw, verts_cam=verts if (silhouette and yaw is not None) else None)
         if idx.dim() == 1:
             return verts[:, idx]
         return torch.gather(verts, 1, idx[..., None].expand(-1, -1, 3))

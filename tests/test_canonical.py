@@ -178,3 +178,22 @@ def test_canonical_face_lands_on_the_template(model, renderer, layout):
     cam = canonical_camera(112)
     five = project(model.alignment_points(model.mean[None]) @ cam.R.T + cam.t, cam.K)[0].numpy()
     assert np.linalg.norm(five - ARCFACE_TEMPLATE_112, axis=1).max() < 1.6
+
+
+def test_silhouette_contour_lies_on_the_rendered_outline(model, renderer, layout):
+    """Under yaw the far-side jaw landmarks sit on the face outline: covered just inside, background
+    just outside (checked on the render), for both yaw directions."""
+    p = layout.split(layout.mean_frontal(2))
+    p["rotation"] = torch.tensor([[0.0, math.radians(40), 0.0], [0.0, -math.radians(40), 0.0]])
+    out = render_face(model, renderer, layout.join(p), 224, dynamic_contour="silhouette")
+    mask = out["mask"][:, 0]
+    for b, (pts, outward) in enumerate(((range(10, 16), 1), (range(1, 7), -1))):
+        for k in pts:
+            u, v = out["landmarks2d"][b, k].tolist()
+            inside = mask[b, int(v), int(u - 2.5 * outward)]
+            outside = mask[b, int(v), int(u + 2.5 * outward)]
+            assert inside == 1 and outside == 0, (b, k, u, v)
+    # without the search, the fixed jaw vertices of the far side are hidden inside the face
+    fixed = render_face(model, renderer, layout.join(p), 224)["landmarks2d"]
+    u, v = fixed[0, 12].tolist()
+    assert mask[0, int(v), int(u + 2.5)] == 1
