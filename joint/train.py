@@ -410,10 +410,17 @@ def reconstruction_error(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, 
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
-    existing = out.is_dir() and any((out / n).exists() for n in ("checkpoints", "metrics.jsonl", "config.yaml"))
-    if existing and not resume and not overwrite:
+def _holds_run(out: Path) -> bool:
+    return out.is_dir() and any((out / n).exists() for n in ("checkpoints", "metrics.jsonl", "config.yaml"))
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if _holds_run(out) and not resume and not overwrite:
         raise ConfigError(f"run directory {out} already holds a run; pass --resume to continue it or --overwrite")
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    existing = _holds_run(out)
     if rank != 0:
         return
     if existing and overwrite and not resume:
@@ -451,8 +458,28 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def clip_grad_norm_global(model: torch.nn.Module, max_norm: float, world: int = 1) -> torch.Tensor:
+    """Clip by the norm of the *whole* model's gradient. Under DDP the trunk gradients are already equal on
+    every rank while the head is sharded: its squared norm is summed over ranks, so every rank computes the
+    same coefficient (clipping per rank would make the replicas drift apart)."""
+    if world == 1:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    trunk = [p.grad for n, p in model.named_parameters() if p.grad is not None and not n.startswith("head.")]
+    head = [p.grad for n, p in model.named_parameters() if p.grad is not None and n.startswith("head.")]
+    dev = (trunk or head)[0].device
+    sq_t = sum((g.detach().float().pow(2).sum() for g in trunk), torch.zeros((), device=dev))
+    sq_h = sum((g.detach().float().pow(2).sum() for g in head), torch.zeros((), device=dev))
+    torch.distributed.all_reduce(sq_h)
+    norm = (sq_t + sq_h).sqrt()
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in trunk + head:
+        g.detach().mul_(coef.to(g.dtype))
+    return norm
+
+
 def _first_nonfinite(logs: Dict[str, torch.Tensor]) -> Optional[str]:
-    order = [k for k in logs if k != "loss"] + ["loss"]
+    # most specific first: the head's own terms and recon terms, then the combined ones
+    order = [k for k in logs if "/" in k] + [k for k in logs if "/" not in k and k != "loss"] + ["loss"]
     for k in order:
         v = logs[k]
         if torch.is_tensor(v) and not bool(torch.isfinite(v).all()):
@@ -492,6 +519,9 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
         torch.set_num_threads(cfg.run.threads)
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    _check_out(out_dir, resume, overwrite)
+    if world > 1:
+        torch.distributed.barrier()  # every rank has checked before rank 0 creates anything
     _prepare_out(out_dir, resume, overwrite, rank)
     if world > 1:
         torch.distributed.barrier()
@@ -651,7 +681,7 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
                     scaler.scale(loss).backward()
                     if cfg.optim.grad_clip > 0:
                         scaler.unscale_(optimizer)
-                        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                        gnorm = clip_grad_norm_global(model, cfg.optim.grad_clip, world)
                         logs["grad_norm"] = gnorm.detach()
                         if not use_scaler and not bool(torch.isfinite(gnorm)):
                             raise NonFiniteLossError(
