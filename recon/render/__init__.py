@@ -54,6 +54,8 @@ def build_renderer(backend: str = "auto", **options: Any) -> Renderer:
     name = str(backend).lower()
     if name == "auto":
         name = "pytorch3d" if pytorch3d_available() else "torch"
+        if name == "pytorch3d":
+            options.pop("impl", None)  # the torch backend's kernel choice means nothing there
     return RENDERERS.build(name, **options)
 
 
