@@ -42,6 +42,14 @@ VARIANTS: Dict[str, Tuple[str, Dict[str, Any]]] = {
         "lh2face", dict(scale_normalised=True, pps_detach_direction=True, margin_stat="ema")),
     "lh2face scale-norm, pps dir. det., kappa det.": (
         "lh2face", dict(scale_normalised=True, pps_detach_direction=True, detach_kappa=True)),
+    "lh2face scale-norm, pps det., no L_pns": (
+        "lh2face", dict(scale_normalised=True, pps_detach_direction=True, w_pns=0.0)),
+    "lh2face scale-norm, pps det., no L_pp": (
+        "lh2face", dict(scale_normalised=True, pps_detach_direction=True, w_pp=0.0)),
+    "lh2face scale-norm, pps det., L_pps only": (
+        "lh2face", dict(scale_normalised=True, pps_detach_direction=True, w_pns=0.0, w_pp=0.0)),
+    "lh2face scale-norm, pps det., w_pns 0.1": (
+        "lh2face", dict(scale_normalised=True, pps_detach_direction=True, w_pns=0.1)),
     "lh2face defaults": ("lh2face", {}),
 }
 

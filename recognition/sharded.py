@@ -108,6 +108,8 @@ def all_reduce_sum_with_grad(x: torch.Tensor, group: Any = None) -> torch.Tensor
 class DistributedShardContext(ShardContext):
     """Collectives of a torch.distributed process group, as used by MarginHead.compute."""
 
+    stats_are_global = True  # the embeddings were all-gathered
+
     def __init__(self, group: Any = None) -> None:
         self.group = group
         self.world = dist.get_world_size(group)

@@ -78,6 +78,14 @@ def _worker(rank: int, port: int, outdir: str) -> None:
                 per_step.append((loss.detach(), {k: v.clone() for k, v in logs.items()}, emb.grad.clone(),
                                  clf.weight.grad.clone(), clf.class_start, clf.num_local))
             results.append(per_step)
+        # a plain (replicated) lh2face head under data parallelism: the margin's batch mean is global
+        local = emb0[rank * B_LOCAL:(rank + 1) * B_LOCAL]
+        y_local = labels[rank * B_LOCAL:(rank + 1) * B_LOCAL]
+        plain = {}
+        for sync in (True, False):
+            _, logs = build_head("lh2face", C, D, sync_batch_stats=sync).double()(local, y_local)
+            plain[sync] = float(logs["norm_stat"])
+        results.append(plain)
         torch.save(results, Path(outdir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -112,6 +120,15 @@ def test_two_gloo_ranks_equal_one_process(two_rank_results, case: int) -> None:
             torch.testing.assert_close(g_emb, r_gemb[rank * B_LOCAL:(rank + 1) * B_LOCAL], rtol=1e-9, atol=1e-12)
             torch.testing.assert_close(g_w, r_gw[start:start + count], rtol=1e-9, atol=1e-12)
             assert g_emb.abs().sum() > 0 and g_w.abs().sum() > 0
+
+
+def test_plain_head_under_data_parallel_averages_the_margin_statistic(two_rank_results) -> None:
+    emb, _, _ = _data()
+    norms = emb.norm(dim=1)
+    for rank in range(WORLD):
+        plain = two_rank_results[rank][-1]
+        assert plain[True] == pytest.approx(float(norms.mean()), rel=1e-12)
+        assert plain[False] == pytest.approx(float(norms[rank * B_LOCAL:(rank + 1) * B_LOCAL].mean()), rel=1e-12)
 
 
 def test_shard_ranges_cover_classes_once() -> None:

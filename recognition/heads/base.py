@@ -4,7 +4,7 @@ A head's forward is split so that one code path serves a single process and a cl
 ranks (recognition.sharded):
 
     cos (B, C_local) = normalize(z) @ normalize(W_local)^T
-    stats            = head.batch_statistics(norms)                 # replicated, detached (EMA updates)
+    stats            = head.batch_statistics(norms, ctx)            # replicated, detached (EMA updates)
     logits           = head.margin_logits(cos, norms, target_col, stats)    # pure, (B, C_local)
     partials         = {"l_ce": cross_entropy(...), **head.extra_losses(...)}
 
@@ -48,6 +48,9 @@ class ShardContext:
 
     world: int = 1
     rank: int = 0
+    # True when `norms` seen by batch_statistics are already those of the global batch (sharded case);
+    # False for a plain head, where under data parallelism each rank sees its own batch only.
+    stats_are_global: bool = False
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable sum over ranks (adjoint: sum over ranks)."""
@@ -117,8 +120,8 @@ class MarginHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_size).normal_(0.0, float(weight_init_std)))
 
     # --- hooks ---------------------------------------------------------------------------------
-    def batch_statistics(self, norms: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Detached statistics of the (whole, gathered) batch's norms; may update EMA buffers."""
+    def batch_statistics(self, norms: torch.Tensor, ctx: Optional[ShardContext] = None) -> Dict[str, torch.Tensor]:
+        """Detached statistics of the batch's norms (B,); may update EMA buffers."""
         return {}
 
     def margin_logits(
@@ -170,7 +173,7 @@ class MarginHead(nn.Module):
         proxies = F.normalize(w, dim=1, eps=1e-12)
         # under autocast the product may come back in half precision: margins and softmax run in emb's dtype
         cos = (x @ proxies.t()).to(emb.dtype).clamp(-1.0, 1.0)
-        stats = self.batch_statistics(norms.detach())
+        stats = self.batch_statistics(norms.detach(), ctx)
         logits = self.margin_logits(cos, norms, target_col, stats)
         partials: Dict[str, torch.Tensor] = {"l_ce": sharded_cross_entropy(logits, target_col, ctx)}
         partials.update(self.extra_losses(cos, norms, target_col, labels, proxies, stats, ctx))

@@ -23,11 +23,21 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
+import torch.distributed as dist
 
 from ..vmf import log_normalizer, log_normalizer_at_zero
 from .base import Logs, MarginHead, ShardContext, check_positive, label_counts, replace_target, target_values
 
 __all__ = ["lh2face_logits", "LH2FaceHead", "TOY_DEFAULTS_NOTE"]
+
+
+def _average_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a detached tensor over the default process group (identity without one; no host sync)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / dist.get_world_size()
 
 TOY_DEFAULTS_NOTE = (
     "Defaults chosen from bench/toy_heads.py (100 noisy Gaussian clusters, MLP, Adam): the literal "
@@ -62,7 +72,9 @@ class LH2FaceHead(MarginHead):
 
     Options: n=256 (vMF dimension), margin_const=0.35, margin_stat="batch"|"ema", ema_momentum=0.01,
     detach_kappa=False (kappa inside L_vMF), scale_normalised=True, s=64, include_log_normalizer=False,
-    w_vmf=1, w_pps=1, w_pns=1, w_pp=1, pps_detach_direction=True, pns_alpha=32, pns_delta=0.1.
+    w_vmf=1, w_pps=1, w_pns=1, w_pp=1, pps_detach_direction=True, pns_alpha=32, pns_delta=0.1,
+    sync_batch_stats=True (a plain head under torch.distributed data parallelism averages the batch-mean
+    norm over all ranks; the sharded classifier already sees the global batch).
     """
 
     name = "lh2face"
@@ -86,6 +98,7 @@ class LH2FaceHead(MarginHead):
         pps_detach_direction: bool = True,
         pns_alpha: float = 32.0,
         pns_delta: float = 0.1,
+        sync_batch_stats: bool = True,
         weight_init_std: float = 0.01,
     ) -> None:
         super().__init__(num_classes, embedding_size, weight_init_std)
@@ -111,13 +124,16 @@ class LH2FaceHead(MarginHead):
         self.pps_detach_direction = bool(pps_detach_direction)
         self.pns_alpha = float(pns_alpha)
         self.pns_delta = float(pns_delta)
+        self.sync_batch_stats = bool(sync_batch_stats)
         self.log_c0 = log_normalizer_at_zero(n)
         self.register_buffer("norm_ema", torch.tensor(0.0))
         self.register_buffer("norm_ema_initialised", torch.tensor(False))
 
     # --- statistics ------------------------------------------------------------------------------
-    def batch_statistics(self, norms: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def batch_statistics(self, norms: torch.Tensor, ctx: ShardContext | None = None) -> Dict[str, torch.Tensor]:
         batch_mean = norms.detach().mean().to(self.norm_ema.dtype)
+        if self.sync_batch_stats and not (ctx is not None and ctx.stats_are_global):
+            batch_mean = _average_over_ranks(batch_mean)
         if self.training:
             with torch.no_grad():
                 updated = (1.0 - self.ema_momentum) * self.norm_ema + self.ema_momentum * batch_mean

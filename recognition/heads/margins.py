@@ -134,7 +134,7 @@ class AdaFaceHead(MarginHead):
         self.register_buffer("batch_mean", torch.tensor(20.0))
         self.register_buffer("batch_std", torch.tensor(100.0))
 
-    def batch_statistics(self, norms: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def batch_statistics(self, norms: torch.Tensor, ctx=None) -> Dict[str, torch.Tensor]:
         if self.training:
             safe = norms.detach().clamp(1e-3, 100.0).to(self.batch_mean.dtype)
             b = safe.shape[0]
