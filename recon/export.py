@@ -23,12 +23,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from lh2face.io import PathLike, save_image, write_bytes_atomic, write_json_atomic
+from lh2face.io import PathLike, write_json_atomic
 
 __all__ = [
     "COEFFS_FORMAT",
@@ -239,6 +239,25 @@ def check_targets(out_dir: PathLike, names: Sequence[str], overwrite: bool) -> N
                                 "pass --overwrite to replace them or choose another --out")
 
 
+def png_bytes(image: Any) -> bytes:
+    """Encode an image as PNG in memory: uint16 (H,W) -> 16-bit greyscale; otherwise as lh2face.io.save_image
+    (uint8 (H,W[,C]) or float [0,1] (C,H,W) / (H,W,C))."""
+    from PIL import Image
+
+    from lh2face.io import to_uint8
+
+    arr = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    if arr.dtype == np.uint16:
+        if arr.ndim != 2:
+            raise ValueError(f"16-bit images must be (H, W), got {arr.shape}")
+        im = Image.fromarray(arr)
+    else:
+        im = Image.fromarray(to_uint8(arr))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _default_mode() -> int:
     """0o777 minus the process umask (temporary files and folders are created private)."""
     old = os.umask(0o022)
@@ -269,7 +288,7 @@ def face_folder(target: PathLike, files: dict[str, Any], overwrite: bool = False
                 np.save(buf, np.asarray(value), allow_pickle=False)
                 dst.write_bytes(buf.getvalue())
             else:
-                save_image(dst, value)
+                dst.write_bytes(png_bytes(value))
         mode = _default_mode()
         for f in tmp.iterdir():  # data on disk, ordinary permissions, before the folder becomes visible
             os.chmod(f, mode & 0o666)

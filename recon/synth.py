@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,7 +59,8 @@ class SynthOptions:
 
     id_modes: int = 60  # identity coefficients ~ N(0, id_std^2) on this many leading modes, 0 after
     id_std: float = 1.0
-    albedo_std: float = 0.6  # std of the smooth albedo-basis coefficients (per channel)
+    albedo_std: float = 0.8  # std of the smooth albedo-basis weights (brightness part, same in R, G, B)
+    albedo_chroma: float = 0.25  # std of their per-channel (colour) part
     skin_jitter: float = 0.06  # multiplicative jitter of the picked skin tone
     expr_prob: float = 0.12  # each blendshape is active with this probability ...
     neutral_prob: float = 0.2  # ... unless the image is neutral (all zero) with this probability
@@ -188,7 +189,9 @@ def identity_coefficients(model: Any, seed: int, identity: int, options: SynthOp
     """Per-identity draws, a function of (seed, identity) only.
 
     Returns id (n_id,) ~ N(0, id_std^2) on the leading `id_modes` modes (zeros after) and albedo
-    (n_albedo, 3): a skin tone from SKIN_TONES (jittered) on the constant mode plus N(0, albedo_std^2)
+    (n_albedo, 3): a skin tone from SKIN_TONES (jittered) on the constant mode plus, on the smooth modes,
+    a brightness variation ~ N(0, albedo_std^2) shared by the channels (scaled by the tone) and a small
+    colour variation ~ N(0, albedo_chroma^2) per channel (skin varies mostly in brightness, not in hue).
     weights on the smooth modes.
     """
     if identity < 0:
@@ -201,7 +204,9 @@ def identity_coefficients(model: Any, seed: int, identity: int, options: SynthOp
     tone = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))] * rng.uniform(1 - options.skin_jitter,
                                                                           1 + options.skin_jitter, size=3)
     if model.n_albedo > 0:
-        albedo[1:] = rng.normal(0.0, options.albedo_std, size=(model.n_albedo - 1, 3))
+        k = model.n_albedo - 1
+        shade = rng.normal(0.0, options.albedo_std, size=(k, 1)) * (tone / tone.mean())[None]
+        albedo[1:] = shade + rng.normal(0.0, options.albedo_chroma, size=(k, 3))
         albedo[0] = _skin_tone_coefficients(model, tone)
     return {"id": ident, "albedo": albedo}
 

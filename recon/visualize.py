@@ -16,8 +16,6 @@ Grid row, one per face (each panel image_size x image_size, default 112 px, upsc
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -193,13 +191,14 @@ def face_panels(model: object, renderer: object, coeffs: torch.Tensor, input_ima
                            _K(size)).image[0]
         canonical, depth = render_canonical(model, renderer, c, image_size=size)
     lm = out["landmarks2d"][0]  # pixels of the size x size render
-    render = draw_landmarks(out["image"][0].clamp(0, 1), lm, (0, 255, 0), radius=1.0)
+    r = 0.8 * zoom
+    render = draw_landmarks(out["image"][0].clamp(0, 1), lm, (0, 255, 0), radius=r)
     base = _interp_image(input_image, size) if input_image is not None else torch.full((3, size, size), 0.5)
     m = out["mask"][0]
     over = base * (1 - 0.55 * m) + out["image"][0].clamp(0, 1) * 0.55 * m
-    over_u8 = draw_landmarks(over, lm, (0, 255, 0), radius=1.0)
+    over_u8 = draw_landmarks(over, lm, (0, 255, 0), radius=r)
     if input_landmarks is not None:
-        over_u8 = draw_landmarks(over_u8, input_landmarks, (255, 40, 40), radius=1.0, scale=zoom)
+        over_u8 = draw_landmarks(over_u8, input_landmarks, (255, 40, 40), radius=0.8, scale=zoom)
     panels = [render, over_u8, to_uint8(canonical[0]), colourise_depth(depth[0]), normals_to_rgb(normals, out["mask"][0])]
     if captions:
         panels = [label_panel(p, t) for p, t in zip(panels, PANELS)]
@@ -291,13 +290,14 @@ def pose_figure(model: object, renderer: object, coeffs: torch.Tensor, yaws: Seq
 
 def visualize_faces(coeffs: torch.Tensor, out_dir: PathLike, names: Optional[Sequence[str]] = None,
                     inputs: Optional[Sequence[object]] = None, input_landmarks: Optional[Sequence[object]] = None,
-                    zoom: int = 2, gif: bool = True, gif_frames: int = 24, poses: bool = False,
+                    zoom: int = 2, gif: bool = True, gif_frames: int = 24, gif_size: Optional[int] = None,
+                    poses: bool = False,
                     overwrite: bool = False, model: object = None, renderer: object = None,
                     backend: str = "auto") -> dict[str, list[Path]]:
     """Write out_dir/grid.png (one row per face: render | overlay | canonical | depth | normals),
     out_dir/turntable_<name>.gif per face (gif=True) and out_dir/poses_<name>.png (poses=True).
 
-    coeffs (N,P) in the 112 crop's frame; inputs: per face the input crop (or None); input_landmarks: per
+    coeffs (N,P) in the 112 crop's frame; panels are 112*zoom px, GIF frames gif_size px (default 112*zoom); inputs: per face the input crop (or None); input_landmarks: per
     face (68,2) crop pixels (or None). Existing files are refused (FileExistsError) unless overwrite.
     Returns {"grid": [...], "gif": [...], "poses": [...]} paths.
     """
@@ -330,7 +330,7 @@ def visualize_faces(coeffs: torch.Tensor, out_dir: PathLike, names: Optional[Seq
     out_dir.mkdir(parents=True, exist_ok=True)
     save_image(targets["grid"][0], compose_grid(rows))
     for i, path in enumerate(targets["gif"]):
-        save_gif(path, turntable_frames(model, renderer, coeffs[i], n_frames=gif_frames, size=112 * zoom))
+        save_gif(path, turntable_frames(model, renderer, coeffs[i], n_frames=gif_frames, size=gif_size or 112 * zoom))
     for i, path in enumerate(targets["poses"]):
         save_image(path, pose_figure(model, renderer, coeffs[i], size=112 * zoom))
     return targets

@@ -4,7 +4,6 @@ ImageFolder cache (resume, refusal) and the `lh2face synth` command."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity-offset", type=int, default=0, help="--synthetic: first identity")
     parser.add_argument("--zoom", type=int, default=2, help="panels are 112 x zoom pixels (default 2)")
     parser.add_argument("--frames", type=int, default=24, help="turntable frames (default 24)")
+    parser.add_argument("--gif-size", type=int, default=None, help="turntable frame size in pixels (default 112 x zoom)")
     parser.add_argument("--no-gif", action="store_true", help="skip the turntable GIFs")
     parser.add_argument("--poses", action="store_true", help="also write poses_<name>.png (3 poses + canonical + depth)")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "face_alignment"], help="photos: landmarks")
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if sum(given) != 1:
         print("error: give exactly one source: PHOTOS..., --coeffs FILE or --synthetic N", file=sys.stderr)
         return 2
-    if args.zoom < 1 or args.frames < 2:
-        print("error: --zoom must be >= 1 and --frames >= 2", file=sys.stderr)
+    if args.zoom < 1 or args.frames < 2 or (args.gif_size is not None and args.gif_size < 16):
+        print("error: --zoom must be >= 1, --frames >= 2 and --gif-size >= 16", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     report = None
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             coeffs = torch.stack(rows)
         paths = visualize_faces(coeffs, args.out, names=names, inputs=inputs, input_landmarks=landmarks,
-                                zoom=args.zoom, gif=not args.no_gif, gif_frames=args.frames, poses=args.poses,
+                                zoom=args.zoom, gif=not args.no_gif, gif_frames=args.frames,
+                                gif_size=args.gif_size, poses=args.poses,
                                 overwrite=args.overwrite, model=model, renderer=renderer)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
