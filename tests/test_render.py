@@ -343,3 +343,28 @@ def test_bad_inputs_are_clear_errors():
         build_renderer("opengl")
     with pytest.raises(ValueError, match="soft_edges"):
         build_renderer("torch", soft_edges=-1.0)
+
+
+def test_render_in_forked_worker_after_parent_rendered():
+    """The CPU kernels' thread pool is per process: a forked DataLoader-style worker must not hang."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("platform without fork")
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)  # make the parent create its pool
+    try:
+        assert _forked_mask_sum(0) == 32.0
+        with mp.get_context("fork").Pool(2) as pool:
+            sums = pool.map_async(_forked_mask_sum, range(2)).get(timeout=60)
+    finally:
+        torch.set_num_threads(n)
+    assert sums == [32.0, 32.0]  # 4 images x 8 covered pixel centres
+
+
+def _forked_mask_sum(_):
+    torch.set_num_threads(2)
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+    v = torch.tensor([[[-1.0, -1, 10], [1, -1, 10], [0, 1, 10]]]).repeat(4, 1, 1)
+    out = build_renderer("torch", impl="numba")(v, torch.tensor([[0, 1, 2]]), None, 16, K)
+    return float(out.mask.sum())

@@ -313,7 +313,7 @@ def _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr, t0, t1):
 # python-level wrappers (numpy in, numpy out)
 
 _POOL = None
-_POOL_SIZE = 0
+_POOL_KEY = (0, 0)  # (workers, pid): a forked child (DataLoader worker) must not reuse the parent's pool
 _POOL_LOCK = threading.Lock()
 
 
@@ -322,13 +322,15 @@ def _workers() -> int:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
+    """The kernel thread pool (created lazily; recreated after fork or a thread-count change)."""
+    global _POOL, _POOL_KEY
+    key = (n, os.getpid())
     with _POOL_LOCK:
-        if _POOL is None or _POOL_SIZE != n:
-            if _POOL is not None:
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[1] == key[1]:
                 _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="lh2face-render")
-            _POOL_SIZE = n
+            _POOL_KEY = key
         return _POOL
 
 
