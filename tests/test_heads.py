@@ -336,6 +336,8 @@ def test_cuda_matches_cpu_without_host_sync(name: str) -> None:
     l1.backward()
     e2 = emb.cuda().requires_grad_(True)
     labels_gpu = labels.cuda()
+    gpu(emb.cuda(), labels_gpu)  # warm-up: one-time constant uploads (vMF tables) happen here
+    gpu.load_state_dict(cpu.state_dict())  # undo the warm-up's statistics update
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host synchronisation raises
     try:
