@@ -78,7 +78,8 @@ def measure(name: str, channels: int, batch: int, size: int, repeats: int, warmu
 def markdown(results: List[Dict[str, Any]], env: Dict[str, Any]) -> str:
     lines = [
         f"Backbone fwd+bwd throughput on {env['device_name']} (torch {env['torch']}, {env['threads']} threads), "
-        f"median of {env['repeats']} steps",
+        f"median of {env['repeats']} steps"
+        + (f"; 1-min load average at start {env['loadavg_at_start']:.1f}" if env.get("loadavg_at_start") is not None else ""),
         "",
         "| model | channels | batch | size | compile | params (M) | median step (s) | images/s |",
         "|---|---|---|---|---|---|---|---|",
@@ -129,6 +130,7 @@ def main(argv: List[str] | None = None) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # shared-CPU contention
     }
     results: List[Dict[str, Any]] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

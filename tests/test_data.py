@@ -106,6 +106,22 @@ def test_image_folder_labels_formats_and_sizes(folder: Path):
     assert abs(items[1][0].mean().item() - 128 / 255) < 2 / 255  # JPEG, 100x120 resized
 
 
+def test_high_bit_depth_and_two_channel_images(tmp_path: Path):
+    ramp16 = (np.arange(12 * 16).reshape(12, 16) * 300).astype(np.uint16)  # up to 57300 of 65535
+    _save(tmp_path / "id" / "a16.pgm", ramp16, "PPM")  # 16-bit binary PGM, maxval 65535
+    la = np.zeros((12, 16, 2), np.uint8)
+    la[..., 0], la[..., 1] = 90, 255
+    Image.fromarray(la, mode="LA").save(tmp_path / "id" / "b_la.png")
+    ds = ImageFolderDataset(tmp_path, image_size=None)
+    img16, _ = ds[0]
+    expected = np.rint(ramp16 / 65535.0 * 255.0) / 255.0  # scaled by the file's maxval
+    for c in range(3):
+        np.testing.assert_allclose(img16[c].numpy(), expected, atol=1e-6)
+    img_la, _ = ds[1]
+    assert img_la.shape == (3, 12, 16)
+    torch.testing.assert_close(img_la, torch.full((3, 12, 16), 90 / 255.0))
+
+
 def test_att_faces_match_an_independent_pgm_decoder():
     ds = ImageFolderDataset(ATT, image_size=None)
     assert ds.num_classes == 40 and len(ds) == 400
