@@ -437,7 +437,7 @@ def train_regressor(
     images: uint8 (N,S,S,3) or float (N,3,S,S) aligned crops (e.g. from `crops_from_cache`);
     landmarks: (N,68,2) crop pixels (precomputed by `lh2face landmarks`). Per step, a batch of real
     crops gives the masked photometric loss of the re-render (recon.face.render_face), the 68-landmark
-    loss and the coefficient priors. `synthetic`: optional sequence of dicts with image (3,S,S),
+    loss and the coefficient priors (w_photo=0: landmarks and priors only, no rendering). `synthetic`: optional sequence of dicts with image (3,S,S),
     coeffs (P,) and landmarks (68,2) (recon.synth.SyntheticFaces): half of each step's batch then
     comes from it with the ground-truth coefficient loss and landmark loss added.
     Returns (regressor, history: one dict of floats per step).
@@ -461,6 +461,7 @@ def train_regressor(
     if getattr(regressor, "layout", layout) != layout:
         raise ValueError(f"regressor layout {regressor.layout} does not match the model's {layout}")
     K = intrinsics((H, W))
+    fwd = _Forward(model, renderer, K, (H, W))
     pw = {"id": 2e-4, "expr": 1e-3, "albedo": 3e-4, "expr_range": 10.0, **(prior_weights or {})}
     opt = torch.optim.Adam(regressor.parameters(), lr=lr)
     regressor.train()
@@ -470,12 +471,17 @@ def train_regressor(
         idx = torch.randint(0, N, (min(n_real, N),), generator=gen)
         x, target = img[idx], lm[idx]
         coeffs = regressor(x)
-        out = render_face(model, renderer, coeffs, (H, W), K=K, layout=layout, dynamic_contour=True)
-        terms: Dict[str, Tensor] = {
-            "photo": w_photo * L.photometric_loss(out["image"], x, out["mask"]),
-            "landmark": w_landmark * L.landmark_loss(out["landmarks2d"], target, weights=torch.from_numpy(_LM_WEIGHTS)),
-            "prior": L.coefficient_priors(coeffs, layout, pw)[0],
-        }
+        terms: Dict[str, Tensor] = {}
+        if w_photo > 0:
+            out = render_face(model, renderer, coeffs, (H, W), K=K, layout=layout, dynamic_contour=True)
+            terms["photo"] = w_photo * L.photometric_loss(out["image"], x, out["mask"])
+            pred_lm = out["landmarks2d"]
+        else:  # landmarks only: no render needed
+            p = layout.split(coeffs)
+            p["albedo"] = p["albedo"].reshape(coeffs.shape[0], -1)
+            pred_lm = fwd.landmarks(p)
+        terms["landmark"] = w_landmark * L.landmark_loss(pred_lm, target, weights=torch.from_numpy(_LM_WEIGHTS))
+        terms["prior"] = L.coefficient_priors(coeffs, layout, pw)[0]
         if synthetic is not None:
             sidx = torch.randint(0, len(synthetic), (batch_size - n_real,), generator=gen).tolist()
             items = [synthetic[i] for i in sidx]

@@ -64,12 +64,12 @@ def test_fit_recovers_pose_of_a_synthetic_face(model, renderer):
     gt["id"] = torch.randn(1, model.n_id, generator=g) * 0.8
     gt["albedo"] = torch.randn(1, model.n_albedo, 3, generator=g) * 0.5
     gt["rotation"] = torch.tensor([[-0.10, 0.30, 0.05]])  # pitch, yaw (17 deg), roll
-    size = 96
+    size = 64
     with torch.no_grad():
         out = render_face(model, renderer, layout.join(gt), size, dynamic_contour=True)
     image = out["image"] + (1 - out["mask"]) * 0.3  # grey background
     res = fit_image(image, out["landmarks2d"][0], model=model, renderer=renderer,
-                    steps_pose=25, steps_shape=40, steps_photo=20)
+                    steps_pose=25, steps_shape=30, steps_photo=15)
     assert res.coeffs.shape == (1, layout.size)
     assert res.render["image"].shape == (1, 3, size, size) and res.render["depth"].shape == (1, 1, size, size)
     rot = layout.split(res.coeffs)["rotation"][0]
@@ -79,12 +79,12 @@ def test_fit_recovers_pose_of_a_synthetic_face(model, renderer):
     assert pose[-1] < 0.1 * pose[0]  # the rigid stage removes most of the landmark error
     photo = _stage(res, "photo", "photo")
     assert photo[-1] < photo[0]
-    assert len(res.loss_curve()) == 25 + 40 + 20
+    assert len(res.loss_curve()) == 25 + 30 + 15
 
 
 def test_fit_real_photo_lowers_landmark_error(model, renderer, real_crops):
     imgs, lms = real_crops
-    cfg = FitConfig(steps_pose=25, steps_shape=50, steps_photo=30)
+    cfg = FitConfig(steps_pose=25, steps_shape=40, steps_photo=20)
     res = fit_image(imgs[2], lms[2], model=model, renderer=renderer, config=cfg)
     assert res.nme_after[0] < 0.04 and res.nme_after[0] < 0.5 * res.nme_before[0], (res.nme_before, res.nme_after)
     photo = _stage(res, "photo", "photo")
@@ -118,8 +118,12 @@ def test_train_regressor_on_real_crops(model, renderer, real_crops):
     reg = CoeffRegressor(layout=CoeffLayout.from_model(model), image_size=56, width=8, hidden=64)
     before = evaluate_regressor(reg, small, small_lm, model)
     reg, hist = train_regressor(small, small_lm, regressor=reg, model=model, renderer=renderer,
-                                steps=40, batch_size=4, lr=3e-3)
+                                steps=40, batch_size=4, lr=3e-3, w_photo=0.0)
     after = evaluate_regressor(reg, small, small_lm, model)
     total = np.array([h["total"] for h in hist])
     assert total[-5:].mean() < total[:5].mean()
     assert after.mean() < before.mean(), (before, after)
+    # the photometric path (re-render of the regressed face against the crop) runs and is finite
+    reg, hist = train_regressor(small, small_lm, regressor=reg, model=model, renderer=renderer,
+                                steps=2, batch_size=2, lr=1e-4)
+    assert 0.0 < hist[-1]["photo"] < 1.0 and np.isfinite(hist[-1]["total"])
