@@ -60,7 +60,7 @@ class ReconConfig:
 
     renderer: str = "auto"
     regressor_options: Dict[str, Any] = field(default_factory=dict)
-    regressor_size: int = 112  # the regressor sees the image resized to this size
+    regressor_size: int = 0  # the regressor sees the image resized to this size (0 = data.image_size)
     photometric: float = 1.0
     landmark: float = 1.0
     prior: float = 1.0

@@ -252,12 +252,12 @@ def build_data(cfg: DataConfig, ecfg: EvalConfig, seed: int = 0, need_eval: bool
     if cfg.kind == "synthetic":
         from recon.synth import SyntheticFaces
 
-        base = SyntheticFaces(cfg.synth_identities, cfg.synth_images, seed=cfg.synth_seed)
+        base = SyntheticFaces(cfg.synth_identities, cfg.synth_images, seed=cfg.synth_seed, image_size=cfg.image_size)
         train = DictSamples(MemoryCache(base))
         num_classes = cfg.synth_identities
         if need_eval and cfg.synth_eval_identities > 0:
             eval_ds = SyntheticFaces(cfg.synth_eval_identities, cfg.synth_eval_images, seed=cfg.synth_seed,
-                                     identity_offset=cfg.synth_identities)
+                                     identity_offset=cfg.synth_identities, image_size=cfg.image_size)
             eval_idx = list(range(len(eval_ds)))
     else:
         if cfg.kind == "imagefolder":

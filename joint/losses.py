@@ -22,34 +22,24 @@ def view_loss(z: torch.Tensor, z_view: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(z, z_view, dim=1, eps=1e-8)).mean()
 
 
-def _call_first(module: Any, names: Tuple[str, ...], *args: Any, **kwargs: Any) -> torch.Tensor:
-    for name in names:
-        fn = getattr(module, name, None)
-        if fn is not None:
-            return fn(*args, **kwargs)
-    raise AttributeError(f"recon.losses has none of {names}")
-
-
 def reconstruction_terms(rendered: Dict[str, torch.Tensor], images: torch.Tensor, coeffs: torch.Tensor,
                          batch: Dict[str, Any], cfg: ReconConfig, mm: Any = None, layout: Any = None) -> Dict[str, torch.Tensor]:
-    """Weighted L_reco terms: ``photometric``, ``landmark`` (when the batch has landmarks), ``prior``, ``gt``."""
+    """Weighted L_reco terms (recon.losses): ``photometric`` (masked by the render's coverage), ``landmark``
+    (when the batch has 68 landmarks in pixels of `images`), ``prior`` and, with ``cfg.gt_coeffs`` and
+    ground-truth ``coeffs`` in the batch, ``gt_coeffs``."""
     from recon import losses as rl
 
     terms: Dict[str, torch.Tensor] = {}
     if cfg.photometric > 0:
-        terms["photometric"] = cfg.photometric * _call_first(
-            rl, ("photometric_loss", "photometric"), rendered["image"], images, rendered["mask"])
+        terms["photometric"] = cfg.photometric * rl.photometric_loss(rendered["image"], images, rendered["mask"])
     lms = batch.get("landmarks") if batch else None
     if cfg.landmark > 0 and lms is not None:
-        lms = lms.to(coeffs.device, coeffs.dtype)
-        terms["landmark"] = cfg.landmark * _call_first(
-            rl, ("landmark_loss", "landmark"), rendered["landmarks2d"], lms)
+        terms["landmark"] = cfg.landmark * rl.landmark_loss(rendered["landmarks2d"], lms.to(coeffs))
     if cfg.prior > 0:
-        terms["prior"] = cfg.prior * _call_first(rl, ("prior_loss", "coefficient_prior", "prior"), coeffs)
+        terms["prior"] = cfg.prior * rl.prior_loss(coeffs, layout)
     gt = batch.get("coeffs") if batch else None
     if cfg.gt_coeffs and gt is not None:
-        gt = gt.to(coeffs.device, coeffs.dtype)
-        terms["gt_coeffs"] = cfg.gt_coeffs_weight * F.mse_loss(coeffs, gt)
+        terms["gt_coeffs"] = cfg.gt_coeffs_weight * rl.coefficient_loss(coeffs, gt.to(coeffs), layout)[0]
     return terms
 
 

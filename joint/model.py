@@ -65,26 +65,30 @@ class JointTrunk(nn.Module):
         self.lambdas = lambdas or LossConfig()
         self.regressor: Optional[nn.Module] = None
         self._mm: list = []  # morphable model and renderer kept out of state_dict (fixed assets)
+        self.regressor_size = int(self.recon_cfg.regressor_size or image_size)
         if self.use_recon:
+            from recon.coeffs import CoeffLayout
             from recon.regressor import CoeffRegressor
 
-            self.regressor = CoeffRegressor(image_size=self.recon_cfg.regressor_size,
+            self.regressor = CoeffRegressor(CoeffLayout(), image_size=self.regressor_size,
                                             **self.recon_cfg.regressor_options)
 
     # --------------------------------------------------------------------------------- recon assets
     def _assets(self, device: torch.device):
+        """(MorphableModel, renderer, CoeffLayout), built on first use and kept on `device`."""
         if not self._mm:
-            from recon import MorphableModel
-            from recon.coeffs import CoeffLayout
+            from recon import CoeffLayout, MorphableModel
             from recon.render import build_renderer
 
             mm = MorphableModel()
-            self._mm = [mm, build_renderer(backend=self.recon_cfg.renderer), CoeffLayout(mm) if _takes_arg(CoeffLayout) else CoeffLayout()]
-        mm = self._mm[0]
-        if hasattr(mm, "to"):
-            moved = mm.to(device)
-            if moved is not None:
-                self._mm[0] = moved
+            layout = CoeffLayout.from_model(mm)
+            if self.regressor is not None and layout.size != self.regressor.layout.size:
+                raise ValueError(f"the morphable model's coefficient layout ({layout}) differs from the "
+                                 f"regressor's ({self.regressor.layout})")
+            self._mm = [mm, build_renderer(backend=self.recon_cfg.renderer), layout, None]
+        if self._mm[3] != device:
+            self._mm[0] = self._mm[0].to(device) or self._mm[0]
+            self._mm[3] = device
         return self._mm[0], self._mm[1], self._mm[2]
 
     def fr_input(self, image: torch.Tensor, canonical: Optional[torch.Tensor], depth: Optional[torch.Tensor]) -> torch.Tensor:
@@ -99,10 +103,10 @@ class JointTrunk(nn.Module):
         """Regress coefficients and render (canonical, depth) resized to the FR input size."""
         from recon.canonical import render_canonical
 
-        mm, renderer, _ = self._assets(images.device)
-        coeffs = self.regressor(resize(images, self.recon_cfg.regressor_size))
-        canon, depth = render_canonical(mm, renderer, coeffs)
-        return coeffs, resize(canon, self.image_size), resize(depth, self.image_size)
+        mm, renderer, layout = self._assets(images.device)
+        coeffs = self.regressor(resize(images, self.regressor_size))
+        canon, depth = render_canonical(mm, renderer, coeffs, image_size=self.image_size, layout=layout)
+        return coeffs, canon, depth
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings of images (B,3,H,W) in [0,1] (what evaluation calls)."""
@@ -128,28 +132,17 @@ class JointTrunk(nn.Module):
             mm, renderer, layout = self._assets(images.device)
             size = images.shape[-1]
             if lam.reco > 0:
-                rendered = render_face(mm, renderer, coeffs, image_size=size)
+                rendered = render_face(mm, renderer, coeffs, image_size=size, layout=layout)
                 from .losses import reconstruction_terms
 
                 out["reco"] = reconstruction_terms(rendered, images, coeffs, batch, self.recon_cfg, mm, layout)
             if lam.view > 0:
                 coeffs_v = perturb_pose(coeffs, layout, self.recon_cfg.view_yaw_deg, self.recon_cfg.view_pitch_deg)
-                view = render_face(mm, renderer, coeffs_v, image_size=size)
+                view = render_face(mm, renderer, coeffs_v, image_size=size, layout=layout)
                 mask = view["mask"]
                 novel = view["image"] * mask + images * (1 - mask)
                 out["z_view"] = self.backbone(self.fr_input(novel, canon, depth))
         return out
-
-
-def _takes_arg(cls: type) -> bool:
-    import inspect
-
-    try:
-        params = [p for p in inspect.signature(cls).parameters.values() if p.default is inspect.Parameter.empty
-                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return False
-    return len(params) > 0
 
 
 def perturb_pose(coeffs: torch.Tensor, layout: Any, yaw_deg: float, pitch_deg: float) -> torch.Tensor:

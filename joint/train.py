@@ -390,20 +390,20 @@ def evaluate_model(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, device
 
 @torch.no_grad()
 def reconstruction_error(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, device: torch.device) -> float:
-    """Mean vertex distance (mm, after similarity alignment) of the regressed vs ground-truth identity shape."""
+    """Mean vertex distance (mm, after similarity alignment; recon.losses.vertex_error_mm) between the
+    neutral-expression identity shape of the regressed and of the ground-truth coefficients."""
     from recon.losses import vertex_error_mm
+
+    from .model import resize
 
     trunk = model.trunk
     mm, _, layout = trunk._assets(device)
     errs = []
     for s in range(0, len(bundle.eval_images), cfg.eval.batch_size):
         x = bundle.eval_images[s : s + cfg.eval.batch_size].to(device)
-        from .model import resize
-
-        pred = trunk.regressor(resize(x, cfg.recon.regressor_size))
-        gt = bundle.extra["coeffs"][s : s + cfg.eval.batch_size].to(device, pred.dtype)
-        e = vertex_error_mm(mm, pred, gt)
-        errs.append(torch.as_tensor(e, dtype=torch.float64).reshape(-1).cpu())
+        pred = layout.split(trunk.regressor(resize(x, trunk.regressor_size)))["id"]
+        gt = layout.split(bundle.extra["coeffs"][s : s + cfg.eval.batch_size].to(device, pred.dtype))["id"]
+        errs.append(vertex_error_mm(mm.shape(pred, None), mm.shape(gt, None)).double().cpu())
     return float(torch.cat(errs).mean())
 
 
