@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from recognition.backbones import BACKBONES, build_backbone
+from recognition.backbones import BACKBONES, build_backbone, load_pretrained
 
 SMALL = 32  # fast on CPU (last map 2x2); the 112 path is covered by the parameter counts and one forward
 
@@ -165,3 +165,16 @@ def test_registry_and_errors():
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         model(torch.rand(1, 7, SMALL, SMALL))
     assert isinstance(model, nn.Module)
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet"])
+def test_load_rgb_weights_into_seven_channel_model(name):
+    """Zero-initialised extra stem channels: the 7-channel model reproduces the RGB model exactly."""
+    torch.manual_seed(0)
+    rgb = build_backbone(name, embedding_size=16, input_size=SMALL).eval()
+    seven = load_pretrained(build_backbone(name, in_channels=7, embedding_size=16, input_size=SMALL), rgb.state_dict())
+    seven.eval()
+    x = torch.rand(2, 7, SMALL, SMALL)  # the extra channels are random and must not matter
+    torch.testing.assert_close(seven(x), rgb(x[:, :3]))
+    with pytest.raises(RuntimeError):
+        load_pretrained(build_backbone(name, embedding_size=32, input_size=SMALL), rgb.state_dict())

@@ -10,8 +10,9 @@ IResNet also takes dropout and zero_init_residual.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Mapping
 
+import torch
 from torch import nn
 
 from lh2face.registry import Registry
@@ -54,6 +55,37 @@ def build_backbone(name: str, in_channels: int = 3, embedding_size: int = 512, *
         raise
 
 
+def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> nn.Module:
+    """Load weights trained with fewer input channels (e.g. an RGB insightface IResNet) into `model`.
+
+    The stem conv `conv1` (IResNet: conv1.weight; MobileFaceNet: conv1.0.weight) keeps the pretrained
+    filters for the first channels and gets zeros for the extra ones (canonical face, depth), so the
+    model initially computes exactly what the pretrained one does on the RGB channels. IResNet parameter
+    names follow insightface's `iresnet.py`, so its checkpoints load directly; note that this backbone
+    maps [0, 1] inputs to [-1, 1] itself (insightface normalises outside the model).
+    Returns the model.
+    """
+    own = model.state_dict()
+    adapted: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if (
+            target is not None
+            and key.startswith("conv1.")
+            and value.dim() == 4
+            and target.dim() == 4
+            and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]
+            and value.shape[1] < target.shape[1]
+        ):
+            grown = torch.zeros_like(target)
+            grown[:, : value.shape[1]] = value.to(target.dtype)
+            value = grown
+        adapted[key] = value
+    model.load_state_dict(adapted, strict=strict)
+    return model
+
+
 def backbone_names() -> list:
     """Registered backbone names."""
     return list(BACKBONES.names())
@@ -63,6 +95,7 @@ __all__ = [
     "BACKBONES",
     "build_backbone",
     "backbone_names",
+    "load_pretrained",
     "IResNet",
     "IBasicBlock",
     "iresnet",
