@@ -1,20 +1,39 @@
-"""Reconstruction from real photographs (placeholder; filled below)."""
+"""Reconstruction from real photographs: detect, align, fit, measure.
+
+`reconstruct_photos(paths, detector="dlib", ...)` yields one `PhotoResult` per image file (folders are
+expanded). For each image: read it, detect faces and 68 landmarks, keep the largest face, align it to
+the ArcFace template (a square crop of `image_size` pixels, the template scaled with it), fit the
+morphable model to the crop (recon.fitting.fit_image) and measure the landmark NME (normalised by the
+inter-ocular distance) of the model before and after fitting. A file that cannot be read, an image
+with no face, or a failing fit gives ok=False with the reason; the batch always goes on.
+
+Coefficients describe the face in the aligned crop seen by the canonical-intrinsics camera
+(recon.camera.intrinsics); they are the same whatever `image_size` (the focal scales with the crop).
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
-from lh2face.io import PathLike
+import numpy as np
+
+from lh2face.io import ImageReadError, PathLike, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
 
-def list_images(paths: Union[PathLike, Iterable[PathLike]], recursive: bool = True) -> List[Path]:
+def list_images(paths: Union[PathLike, Iterable[PathLike]], recursive: bool = True,
+                missing: str = "raise") -> List[Path]:
     """Files and folders -> image files. Folders are searched (recursively, sorted) for image
     suffixes; files given explicitly are kept whatever their suffix (a bad one is reported later).
-    Raises FileNotFoundError naming a path that does not exist."""
+    missing="raise": FileNotFoundError naming a path that does not exist; "keep": keep it in the list
+    (reconstruct_photos then reports it as not readable)."""
+    if missing not in ("raise", "keep"):
+        raise ValueError(f"missing must be 'raise' or 'keep', got {missing!r}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: List[Path] = []
@@ -23,8 +42,167 @@ def list_images(paths: Union[PathLike, Iterable[PathLike]], recursive: bool = Tr
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             out.extend(sorted(q for q in it if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        elif p.exists():
+        elif p.exists() or missing == "keep":
             out.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return out
+
+
+@dataclass
+class PhotoResult:
+    """One photo's outcome.
+
+    path: the file; ok: detected and (when fitting) fitted; reason: why not ("" when ok);
+    image: uint8 (H,W,3) the photo as read (None if unreadable); face: recon.landmarks.Face, the
+    largest face, in photo pixels; num_faces: faces detected; aligned: uint8 (S,S,3) crop aligned to
+    the ArcFace template scaled to S = image_size; matrix: (2,3) photo -> crop similarity;
+    landmarks: (68,2) the detected landmarks mapped into the crop (pixels); coeffs: (P,) float32
+    fitted coefficients (CoeffLayout order) or None; fit_landmarks: (68,2) the fitted model's
+    landmarks in the crop; fit_history: per-step loss dicts; nme: {"before", "after"} landmark NME of
+    the model (mean face at the solved pose / fitted) against the detected landmarks;
+    seconds: {"detect", "fit"} wall time.
+    """
+
+    path: Path
+    ok: bool
+    reason: str = ""
+    image: Optional[np.ndarray] = None
+    face: Any = None
+    num_faces: int = 0
+    aligned: Optional[np.ndarray] = None
+    matrix: Optional[np.ndarray] = None
+    landmarks: Optional[np.ndarray] = None
+    coeffs: Optional[np.ndarray] = None
+    fit_landmarks: Optional[np.ndarray] = None
+    fit_history: List[Dict[str, Any]] = field(default_factory=list)
+    nme: Dict[str, float] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def _resolve_detector(detector: Union[str, Callable], options: Optional[dict]) -> Callable:
+    if callable(detector):
+        return detector
+    from .landmarks import build_detector
+
+    return build_detector(detector, **(options or {}))
+
+
+def reconstruct_photos(
+    paths: Union[PathLike, Iterable[PathLike]],
+    detector: Union[str, Callable] = "dlib",
+    fit_steps: Optional[int] = None,
+    image_size: int = 112,
+    model: Any = None,
+    renderer: Any = None,
+    detector_options: Optional[dict] = None,
+    fit_config: Any = None,
+    **fit_options: Any,
+) -> Iterator[PhotoResult]:
+    """Detect, align and fit every photo; yields PhotoResult in file order.
+
+    paths: image files and/or folders (searched recursively); detector: a name for
+    recon.landmarks.build_detector ("dlib", "face_alignment") or a detector callable;
+    fit_steps: Adam steps of each fitting stage after the rigid one (shape, photometric; default
+    FitConfig's), 0 = detect and align only (coeffs None, ok True); image_size: side of the aligned
+    crop the model is fitted to (112-224); model / renderer: reused across photos (built once when
+    None); fit_config / fit_options: recon.fitting.FitConfig and its field overrides.
+    Building the detector may raise recon.landmarks.DetectorUnavailable (nothing would work);
+    per-image problems never raise.
+    """
+    from lh2face.align import align_face
+
+    from .landmarks.cache import largest_face
+
+    if not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+    files = list_images(paths, missing="keep")
+    det = _resolve_detector(detector, detector_options)
+    do_fit = fit_steps is None or int(fit_steps) > 0
+    if do_fit:
+        from .fitting import FitConfig, fit_image
+        from .morphable import MorphableModel
+        from .render import build_renderer
+
+        model = model if model is not None else MorphableModel()
+        renderer = renderer if renderer is not None else build_renderer("auto")
+        overrides = dict(fit_options)
+        if fit_steps is not None:
+            overrides.setdefault("steps_shape", int(fit_steps))
+            overrides.setdefault("steps_photo", int(fit_steps))
+        config = FitConfig(**{**(vars(fit_config) if fit_config is not None else {}), **overrides})
+    elif fit_options:
+        raise TypeError(f"fit options {sorted(fit_options)} given with fit_steps=0 (no fitting)")
+
+    for path in files:
+        res = PhotoResult(path=Path(path), ok=False)
+        try:
+            res.image = read_image(path)
+        except ImageReadError as exc:
+            res.reason = f"unreadable: {exc}"
+            yield res
+            continue
+        except OSError as exc:  # permissions, a folder named like an image, ...
+            res.reason = f"unreadable: {path}: {exc}"
+            yield res
+            continue
+        t0 = time.perf_counter()
+        try:
+            faces = det(res.image)
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
+            res.reason = f"detector failed: {type(exc).__name__}: {exc}"
+            yield res
+            continue
+        res.seconds["detect"] = time.perf_counter() - t0
+        res.num_faces = len(faces)
+        res.face = largest_face(faces)
+        if res.face is None:
+            res.reason = "no face found"
+            yield res
+            continue
+        res.aligned, res.matrix = align_face(res.image, res.face.landmarks5, size=image_size, return_matrix=True)
+        M = np.asarray(res.matrix, dtype=np.float64)
+        res.landmarks = (res.face.landmarks68.astype(np.float64) @ M[:, :2].T + M[:, 2]).astype(np.float32)
+        if not do_fit:
+            res.ok = True
+            yield res
+            continue
+        t0 = time.perf_counter()
+        try:
+            fit = fit_image(res.aligned, res.landmarks, model=model, renderer=renderer, config=config)
+        except Exception as exc:  # noqa: BLE001
+            res.reason = f"fit failed: {type(exc).__name__}: {exc}"
+            res.seconds["fit"] = time.perf_counter() - t0
+            yield res
+            continue
+        res.seconds["fit"] = time.perf_counter() - t0
+        res.coeffs = fit.coeffs[0].numpy().astype(np.float32)
+        res.fit_landmarks = fit.landmarks2d[0].numpy().astype(np.float32)
+        res.fit_history = fit.history
+        res.nme = {"before": float(fit.nme_before[0]), "after": float(fit.nme_after[0])}
+        res.ok = True
+        yield res
+
+
+def summarize(results: Iterable[PhotoResult]) -> Dict[str, Any]:
+    """Counts, detection rate, mean NME before/after and mean seconds per image over results."""
+    results = list(results)
+    ok = [r for r in results if r.ok]
+    readable = [r for r in results if r.image is not None]
+    with_face = [r for r in readable if r.face is not None]
+
+    def mean(xs: List[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
+    return {
+        "images": len(results),
+        "readable": len(readable),
+        "with_face": len(with_face),
+        "ok": len(ok),
+        "detection_rate": len(with_face) / len(readable) if readable else float("nan"),
+        "nme_before": mean([r.nme["before"] for r in ok if r.nme]),
+        "nme_after": mean([r.nme["after"] for r in ok if r.nme]),
+        "seconds_detect": mean([r.seconds["detect"] for r in results if "detect" in r.seconds]),
+        "seconds_fit": mean([r.seconds["fit"] for r in results if "fit" in r.seconds]),
+        "failures": [(str(r.path), r.reason) for r in results if not r.ok],
+    }
