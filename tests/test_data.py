@@ -34,6 +34,7 @@ from recognition.data import (
     write_verification_bin,
 )
 from recognition.data.image_folder import ImageListDataset
+from recognition.data.recordio import _first_label
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ATT = SHARED / "att_faces"
@@ -265,6 +266,8 @@ def test_recordio_round_trip_insightface_layout(tmp_path: Path):
         assert lab == labels[i]
         assert torch.equal(img, torch.from_numpy(ref.transpose(2, 0, 1).astype(np.float32)) / 255.0)
     assert list(ds.iter_identities()) == [(7, (1, 3)), (8, (3, 5)), (9, (5, 7))]
+    # labels from the identity records agree with reading every image header
+    assert ds._targets_from_identities() == [_first_label(ds.reader.read_header(k)) for k in ds.keys]
     # offsets in the .idx point at record starts
     raw = rec.read_bytes()
     for line in idx_lines:
@@ -290,6 +293,18 @@ def test_recordio_jpeg_bytes_and_flat_layout(tmp_path: Path):
     reader = RecordIOReader(rec)
     reader2 = pickle.loads(pickle.dumps(reader))  # picklable for DataLoader workers (file re-opened)
     assert reader2.read(2) == reader.read(2)
+
+
+def test_recordio_header_only_reads_match_full_reads(tmp_path: Path):
+    rec = tmp_path / "h.rec"
+    # MAGIC * 3 right after the 24-byte IRHeader is aligned: that record is stored in 4 parts
+    write_recordio(rec, [(_images(1)[0], 3), (MAGIC * 3, 1), (b"xyz", 2)], encoding="png")
+    reader = RecordIOReader(rec)
+    assert reader.read(1)[24:] == MAGIC * 3  # images are grouped by label: key 1 is label 1
+    for key in reader.keys:
+        fast, (full, _) = reader.read_header(key), unpack_payload(reader.read(key))
+        assert (fast.flag, fast.id, fast.id2) == (full.flag, full.id, full.id2)
+        assert np.array_equal(fast.label, full.label)
 
 
 def test_recordio_bad_records(tmp_path: Path, caplog):

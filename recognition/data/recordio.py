@@ -206,8 +206,23 @@ class RecordIOReader:
         return data
 
     def read_header(self, key: int) -> IRHeader:
-        """Only the IRHeader of record `key` (reads a few dozen bytes for image records)."""
-        return unpack_payload(self.read(key), f"{self.rec_path}[{key}]")[0]
+        """Only the IRHeader of record `key`: reads its first bytes, not the image."""
+        if key not in self.index:
+            raise KeyError(f"{self.rec_path}: no record with key {key}")
+        name = f"{self.rec_path}[{key}]"
+        fh = self._file()
+        fh.seek(self.index[key])
+        head = fh.read(8 + _IR_SIZE)
+        if len(head) >= 8:
+            magic, lrec = struct.unpack_from("<II", head)
+            cflag, length = lrec >> 29, lrec & _LEN_MASK
+            if magic == MAGIC and cflag == 0 and length >= _IR_SIZE and len(head) == 8 + _IR_SIZE:
+                flag = struct.unpack_from("<I", head, 8)[0]
+                if flag == 0:
+                    return unpack_payload(head[8:], name)[0]
+                if length >= _IR_SIZE + 4 * flag:
+                    return unpack_payload(head[8:] + fh.read(4 * flag), name)[0]
+        return unpack_payload(self.read(key), name)[0]  # split or odd record: read it whole
 
     def close(self) -> None:
         if self._fh is not None:
@@ -349,8 +364,25 @@ class RecordIODataset(Dataset):
     def targets(self) -> List[int]:
         """Label of every image record (headers only; cached)."""
         if self._targets is None:
-            self._targets = [_first_label(self.reader.read_header(k)) for k in self.keys]
+            self._targets = self._targets_from_identities()
+            if self._targets is None:
+                self._targets = [_first_label(self.reader.read_header(k)) for k in self.keys]
         return self._targets
+
+    def _targets_from_identities(self) -> Optional[List[int]]:
+        """With identity records (MS1MV2-style), one header per identity instead of one per image."""
+        if self.identity_range is None:
+            return None
+        label_of: Dict[int, int] = {}
+        for _, (a, b) in self.iter_identities():
+            if a >= b or a not in self.reader.index:
+                return None
+            lab = _first_label(self.reader.read_header(a))
+            for k in range(a, b):
+                label_of[k] = lab
+        if any(k not in label_of for k in self.keys):
+            return None  # ranges do not cover every image: fall back to reading each header
+        return [label_of[k] for k in self.keys]
 
     def __len__(self) -> int:
         return len(self.keys)
