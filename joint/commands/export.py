@@ -34,9 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="faces rendered per call")
     parser.add_argument("--overwrite", action="store_true", help="replace existing face folders")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; 1 is much faster on a busy machine)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            print("error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     from recon.export import ExportExistsError, export_coefficients, export_photos, load_coeffs, \
         synthetic_identities
     from recon.morphable import MorphableModel
