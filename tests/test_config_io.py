@@ -1,0 +1,183 @@
+"""lh2face.config (strict YAML -> dataclasses, overrides), lh2face.io (atomic writes, checkpoints with checksum,
+images) and joint.config (TrainConfig validation)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lh2face.config import ConfigError, dump_yaml, from_dict, load_config, merge_overrides, parse_override
+from lh2face.io import (
+    CheckpointError,
+    ImageReadError,
+    atomic_write,
+    load_checkpoint,
+    read_image,
+    save_checkpoint,
+    save_image,
+    write_json_atomic,
+)
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    steps: int = 10
+    name: Literal["a", "b"] = "a"
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    flag: bool = False
+    path: Optional[str] = None
+    opts: Dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_from_dict_types_and_defaults():
+    cfg = from_dict(Outer, {"inner": {"lr": "1e-3", "steps": 5.0, "tags": ["x"]}, "flag": True})
+    assert cfg.inner.lr == pytest.approx(1e-3) and isinstance(cfg.inner.lr, float)  # YAML reads 1e-3 as str
+    assert cfg.inner.steps == 5 and isinstance(cfg.inner.steps, int)
+    assert cfg.inner.name == "a" and cfg.inner.tags == ["x"] and cfg.flag is True and cfg.path is None
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"inner": {"lrr": 1}}, "inner.lrr"),
+        ({"extra": 1}, "extra"),
+        ({"inner": {"steps": 2.5}}, "inner.steps"),
+        ({"inner": {"steps": True}}, "inner.steps"),
+        ({"flag": "yes"}, "flag"),
+        ({"inner": {"name": "c"}}, "inner.name"),
+        ({"inner": 3}, "inner"),
+        ({"opts": {"k": "v"}}, "opts.k"),
+    ],
+)
+def test_from_dict_errors_name_the_key(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, data)
+    assert needle in str(err.value)
+
+
+def test_overrides_and_yaml_round_trip(tmp_path):
+    assert parse_override("inner.lr=0.5") == (["inner", "lr"], 0.5)
+    assert parse_override("inner.tags=[a, b]") == (["inner", "tags"], ["a", "b"])
+    with pytest.raises(ConfigError):
+        parse_override("no_equals_sign")
+    merged = merge_overrides({"inner": {"lr": 1.0}}, ["inner.steps=3", "flag=true"])
+    assert merged == {"inner": {"lr": 1.0, "steps": 3}, "flag": True}
+    p = tmp_path / "c.yaml"
+    p.write_text("inner:\n  lr: 0.2\n")
+    cfg = load_config(p, Outer, overrides=["inner.name=b"])
+    assert cfg.inner.lr == 0.2 and cfg.inner.name == "b"
+    again = from_dict(Outer, yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml", Outer)
+    (tmp_path / "bad.yaml").write_text("inner: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml", Outer)
+
+
+# ---------------------------------------------------------------------------------------------- io
+
+
+def test_atomic_write_leaves_old_file_on_error(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(p, "w") as fh:
+            fh.write("new, half")
+            raise RuntimeError("boom")
+    assert p.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]  # no temporary left behind
+    write_json_atomic(tmp_path / "j.json", {"a": np.float32(1.5), "b": np.arange(2)})
+    assert yaml.safe_load((tmp_path / "j.json").read_text()) == {"a": 1.5, "b": [0, 1]}
+
+
+def test_checkpoint_round_trip_and_corruption(tmp_path):
+    p = tmp_path / "c.pt"
+    state = {"w": torch.arange(6.0).reshape(2, 3), "step": 7}
+    save_checkpoint(p, state)
+    back = load_checkpoint(p)
+    assert torch.equal(back["w"], state["w"]) and back["step"] == 7
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-1])  # truncated
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+    flipped = bytearray(raw)
+    flipped[len(flipped) // 2] ^= 0x01  # one bit flipped in the payload
+    p.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(p)
+    p.write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_images_round_trip_and_errors(tmp_path):
+    img = (np.arange(4 * 5 * 3) % 256).astype(np.uint8).reshape(4, 5, 3)
+    save_image(tmp_path / "a.png", img)
+    assert np.array_equal(read_image(tmp_path / "a.png"), img)
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    save_image(tmp_path / "g.png", grey)
+    rgb = read_image(tmp_path / "g.png")
+    assert rgb.shape == (4, 5, 3) and np.array_equal(rgb[..., 1], grey)
+    f = torch.full((3, 2, 2), 0.5)
+    save_image(tmp_path / "f.png", f)
+    assert np.all(read_image(tmp_path / "f.png") == 128)
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="zero.png"):
+        read_image(tmp_path / "zero.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(ImageReadError, match="junk.png"):
+        read_image(tmp_path / "junk.png")
+
+
+# ------------------------------------------------------------------------------------ TrainConfig
+
+
+def test_train_config_validation(tmp_path):
+    from joint.config import load_train_config
+
+    cfg = load_train_config(None, ["data.root=assets/att_faces"])
+    assert cfg.model.input_mode == "rgb" and not cfg.uses_recon
+    assert load_train_config(None, ["loss.canon=0.5"]).uses_recon
+    faults = {
+        "schedule.steps=0": "schedule.steps",
+        "model.input_mode=depth": "model.input_mode",
+        "data.kind=recordio": "data.rec",
+        f"data.root={tmp_path / 'nowhere'}": "data.root",
+        "model.head=nohead": "nohead",
+        "model.backbone=nonet": "nonet",
+        "optim.name=lion": "optim.name",
+        "schedule.keep_checkpoints=1": "keep_checkpoints",
+    }
+    for override, needle in faults.items():
+        with pytest.raises(ConfigError) as err:
+            load_train_config(None, [override])
+        assert needle in str(err.value), override
+
+
+def test_shipped_configs_load():
+    from joint.config import load_train_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert "demo.yaml" in names and "demo_arcface.yaml" in names
+    for name in names:
+        load_train_config(root / name)
