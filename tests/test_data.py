@@ -279,6 +279,22 @@ def test_recordio_round_trip_insightface_layout(tmp_path: Path):
     assert scanned.keys == ds.keys and scanned[0][0].shape == (3, 16, 16)
 
 
+def test_recordio_streaming_grouped_writer(tmp_path: Path):
+    imgs = _images(5, seed=2)
+    labels = [0, 0, 3, 3, 1]  # grouped, not sorted: identity records follow the order of appearance
+    rec = tmp_path / "stream.rec"
+    assert write_recordio(rec, ((im, lab) for im, lab in zip(imgs, labels)), encoding="png", grouped=True) == 5
+    ds = RecordIODataset(rec, image_size=None)
+    assert ds.targets == labels and ds.identity_range == (6, 9)
+    assert list(ds.iter_identities()) == [(6, (1, 3)), (7, (3, 5)), (8, (5, 6))]
+    assert torch.equal(ds[2][0], torch.from_numpy(imgs[2].transpose(2, 0, 1)).float() / 255)
+    with pytest.raises(ValueError, match="label 0 re-appears"):
+        write_recordio(tmp_path / "x.rec", zip(imgs[:3], [0, 1, 0]), grouped=True)
+    with pytest.raises(ValueError, match="labels must be"):
+        write_recordio(tmp_path / "y.rec", [(imgs[0], -1)])
+    assert not (tmp_path / "x.rec").exists()  # atomic: a failed write leaves no file
+
+
 def test_recordio_jpeg_bytes_and_flat_layout(tmp_path: Path):
     imgs = _images(3, seed=1, size=32)
     smooth = [np.clip(np.cumsum(np.ones_like(im), axis=1) * 7, 0, 255).astype(np.uint8) for im in imgs]

@@ -261,6 +261,9 @@ def _encode(image: Any, encoding: str, quality: int, name: str) -> bytes:
     return buf.getvalue()
 
 
+_MAX_EXACT_KEY = 1 << 24  # keys and labels are stored as float32 in the IRHeader label fields
+
+
 def write_recordio(
     rec_path: PathLike,
     samples: Iterable[Tuple[Any, int]],
@@ -268,22 +271,31 @@ def write_recordio(
     encoding: str = "jpg",
     quality: int = 95,
     identity_records: bool = True,
+    grouped: bool = False,
 ) -> int:
     """Write (image, label) samples as an insightface-style indexed RecordIO pair.
 
     Args:
-        samples: (image, label); image is uint8 (H, W[, C]) RGB/grey or already-encoded bytes.
+        samples: iterable of (image, label); image is uint8 (H, W[, C]) RGB/grey or already-encoded bytes.
         idx_path: default rec_path with suffix .idx.
         encoding: 'jpg' (insightface's choice) or 'png' (lossless) for array images.
-        identity_records: write record 0 (identity range) and one record per identity (image key range),
-            as in MS1MV2; images are grouped by label (stable). False writes images only, keys from 0.
+        identity_records: write record 0 (identity key range) and one record per identity (its image key
+            range), as in MS1MV2; images are grouped by label. False writes images only, keys from 0.
+        grouped: the samples already come grouped by label (e.g. an ImageFolder in order): they are
+            streamed to disk as they come (constant memory) and a label that re-appears later is an error.
+            Otherwise the encoded images are held in memory, then written grouped by ascending label
+            (stable within a label).
     Returns the number of image records. Both files are written atomically.
     """
-    items = [(img, int(lab)) for img, lab in samples]
-    if any(lab < 0 for _, lab in items):
-        raise ValueError("write_recordio: labels must be non-negative ints")
     idx_path = Path(rec_path).with_suffix(".idx") if idx_path is None else Path(idx_path)
     offsets: List[Tuple[int, int]] = []
+
+    def encoded() -> Iterator[Tuple[int, bytes]]:
+        for i, (img, lab) in enumerate(samples):
+            lab = int(lab)
+            if lab < 0 or lab >= _MAX_EXACT_KEY:
+                raise ValueError(f"write_recordio: sample {i} has label {lab}; labels must be ints in [0, 2^24)")
+            yield lab, _encode(img, encoding, quality, f"sample {i}")
 
     with atomic_write(rec_path, "wb") as fh:
 
@@ -292,25 +304,48 @@ def write_recordio(
             write_record(fh, payload)
 
         if not identity_records:
-            for k, (img, lab) in enumerate(items):
-                put(k, pack_payload(IRHeader(0, float(lab), k, 0), _encode(img, encoding, quality, f"sample {k}")))
+            n = 0
+            for n, (lab, data) in enumerate(encoded(), start=1):
+                put(n - 1, pack_payload(IRHeader(0, float(lab), n - 1, 0), data))
         else:
-            order = sorted(range(len(items)), key=lambda i: items[i][1])  # stable: grouped by label
-            n = len(items)
-            labels = sorted({lab for _, lab in items})
-            first_id_key = n + 1
-            put(0, pack_payload(IRHeader(2, np.array([first_id_key, first_id_key + len(labels)], np.float32), 0, 0)))
+            if grouped:
+                stream: Iterable[Tuple[int, bytes]] = encoded()
+            else:
+                groups: Dict[int, List[bytes]] = {}
+                for lab, data in encoded():
+                    groups.setdefault(lab, []).append(data)
+                stream = ((lab, data) for lab in sorted(groups) for data in groups[lab])
+
+            def header0(first: int, end: int) -> bytes:
+                return pack_payload(IRHeader(2, np.array([first, end], np.float32), 0, 0))
+
+            put(0, header0(0, 0))  # placeholder of the same size; rewritten once the counts are known
             ranges: Dict[int, List[int]] = {}
-            for key, i in enumerate(order, start=1):
-                img, lab = items[i]
-                ranges.setdefault(lab, [key, key + 1])[1] = key + 1
-                put(key, pack_payload(IRHeader(0, float(lab), key, 0), _encode(img, encoding, quality, f"sample {i}")))
-            for j, lab in enumerate(labels):
-                a, b = ranges[lab]
+            key, prev = 0, None
+            for key, (lab, data) in enumerate(stream, start=1):
+                if lab != prev:
+                    if lab in ranges:
+                        raise ValueError(
+                            f"write_recordio(grouped=True): label {lab} re-appears after other labels; "
+                            "sort the samples by label or pass grouped=False"
+                        )
+                    ranges[lab] = [key, key]
+                    prev = lab
+                ranges[lab][1] = key + 1
+                put(key, pack_payload(IRHeader(0, float(lab), key, 0), data))
+            n = key
+            first_id_key = n + 1
+            if first_id_key + len(ranges) >= _MAX_EXACT_KEY:
+                raise ValueError("write_recordio: more than 2^24 records cannot be indexed exactly (float32 labels)")
+            for j, (a, b) in enumerate(ranges.values()):
                 put(first_id_key + j, pack_payload(IRHeader(2, np.array([a, b], np.float32), 0, 0)))
+            end_pos = fh.tell()
+            fh.seek(0)
+            write_record(fh, header0(first_id_key, first_id_key + len(ranges)))
+            fh.seek(end_pos)
     with atomic_write(idx_path, "w") as fh:
         fh.write("".join(f"{k}\t{off}\n" for k, off in offsets))
-    return len(items)
+    return n
 
 
 # ------------------------------------------------------------------------------------- dataset
