@@ -498,8 +498,12 @@ def build_head_for_world(cfg: TrainConfig, num_classes: int, rank: int, world: i
                              **cfg.model.head_options)
 
 
-def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
-    """Train per `cfg`; returns the final evaluation (empty when there is no held-out data)."""
+def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, overwrite: bool = False,
+          data: Any = None) -> Dict[str, Any]:
+    """Train per `cfg`; returns the final evaluation (empty when there is no held-out data).
+
+    `data`: a prebuilt `joint.data.DataBundle` (e.g. shared by the runs of `lh2face study`); by default
+    it is built from cfg.data."""
     from .data import ResumableBatchSampler, build_data, collate_samples
     from .losses import joint_loss
     from .model import JointModel
@@ -531,7 +535,8 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
 
     # ---- data and model
     seed_all(cfg.run.seed)
-    data = build_data(cfg.data, cfg.eval, seed=cfg.run.seed, need_eval=(rank == 0))
+    if data is None:
+        data = build_data(cfg.data, cfg.eval, seed=cfg.run.seed, need_eval=(rank == 0))
     if data.num_classes < 2:
         raise ConfigError(f"the training set has {data.num_classes} identities; at least 2 are needed")
     model = JointModel.from_config(cfg, data.num_classes)

@@ -10,4 +10,5 @@ COMMANDS = [
     "export",
     "visualize",
     "landmarks",
+    "study",
 ]
