@@ -13,9 +13,9 @@ kappa_i = |z_i|, x_i = z_i / kappa_i, mu_k = W_k / |W_k|, cos_ik = x_i . mu_k, S
     L_pns : mean over proxies p in the batch of log(1 + sum_{i: y_i != p} exp(alpha (cos(x_i, mu_p) + delta)))
     L_pp  : mean over ordered pairs of distinct proxies p != q in the batch of relu(cos(mu_p, mu_q)).
 
-L_FR = w_vmf L_vMF + w_pps L_pps + w_pns L_pns + w_pp L_pp. Defaults come from bench/toy_heads.py (see
-the module constant TOY_DEFAULTS_NOTE); the literal reading is `scale_normalised=False,
-pps_detach_direction=False`.
+L_FR = w_vmf L_vMF + w_pps L_pps + w_pns L_pns + w_pp L_pp. The defaults scale_normalised=True and
+pps_detach_direction=True come from measured toy runs (TOY_DEFAULTS_NOTE); the literal reading is
+`scale_normalised=False, pps_detach_direction=False`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ def _average_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 TOY_DEFAULTS_NOTE = (
-    "Defaults chosen from bench/toy_heads.py (100 noisy Gaussian clusters, MLP, Adam): the literal "
-    "reading with unit proxy weights is unstable; scale_normalised=True with pps_detach_direction=True "
-    "trains at least as well as CosFace."
+    "Defaults measured with bench/toy_heads.py (bench/results/toy_heads.md: 100 Gaussian clusters in R^32, "
+    "sigma 2, MLP -> 512-d, Adam 1e-3, 1200 steps, 2 seeds, held-out accuracy): CosFace 0.295; the literal "
+    "reading with every proxy term collapses (norms 0.03, accuracy 0.013), also with kappa or the L_pps "
+    "direction detached; scale-normalised with every term but the L_pps direction free blows the norms up "
+    "(acc 0.013); scale_normalised=True with pps_detach_direction=True trains stably (0.315, norms ~72), "
+    "so those two switches are the defaults and the proxy weights stay at DESIGN.md's 1. Same run: "
+    "w_pns=0.1 gives 0.369 and w_pns=0 0.380; without proxy terms 0.386."
 )
 
 
