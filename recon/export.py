@@ -434,12 +434,13 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
     renderer = build_renderer(backend)
     layout = CoeffLayout.from_model(model)
     report: dict[str, Any] = {"processed": [], "skipped": []}
-    for res in reconstruct_photos(files, detector=detector, **fit_options):
+    for res in reconstruct_photos(files, detector=detector, model=model, renderer=renderer, **fit_options):
         path = str(res.path)
-        if not res.ok:
-            report["skipped"].append({"path": path, "reason": str(res.reason)})
+        reason = str(res.reason) if not res.ok else ("no coefficients (fitting was off)" if res.coeffs is None else "")
+        if reason:
+            report["skipped"].append({"path": path, "reason": reason})
             if progress:
-                print(f"  skipped {path}: {res.reason}")
+                print(f"  skipped {path}: {reason}")
             continue
         try:
             coeffs = torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(1, layout.size)

@@ -50,8 +50,8 @@ def draw_landmarks(image: object, landmarks: Optional[object], colour: tuple[int
     as dots: every pixel whose centre lies within `radius` of a point, and always the pixel containing it.
 
     image: float [0,1] (3,H,W) / (H,W,3) or uint8 (H,W,3). `scale` maps landmark pixels to this image
-    (e.g. 2 for a 2x upscaled panel; the radius grows with it). Returns uint8 (H,W,3); the input is not
-    modified. Non-finite points are skipped.
+    (e.g. 2 for a 2x upscaled panel); `radius` is in pixels of this image. Returns uint8 (H,W,3); the
+    input is not modified. Non-finite points are skipped.
     """
     arr = _as_hwc_uint8(image).copy()
     if landmarks is None:
@@ -59,7 +59,7 @@ def draw_landmarks(image: object, landmarks: Optional[object], colour: tuple[int
     pts = landmarks.detach().cpu().numpy() if torch.is_tensor(landmarks) else np.asarray(landmarks)
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2) * scale
     h, w = arr.shape[:2]
-    r = radius * max(1.0, scale / 2.0)
+    r = float(radius)
     reach = int(np.ceil(r)) + 1
     col = np.asarray(colour, np.uint8)
     for x, y in pts:
@@ -198,7 +198,7 @@ def face_panels(model: object, renderer: object, coeffs: torch.Tensor, input_ima
     over = base * (1 - 0.55 * m) + out["image"][0].clamp(0, 1) * 0.55 * m
     over_u8 = draw_landmarks(over, lm, (0, 255, 0), radius=r)
     if input_landmarks is not None:
-        over_u8 = draw_landmarks(over_u8, input_landmarks, (255, 40, 40), radius=0.8, scale=zoom)
+        over_u8 = draw_landmarks(over_u8, input_landmarks, (255, 40, 40), radius=0.6 * r, scale=zoom)
     panels = [render, over_u8, to_uint8(canonical[0]), colourise_depth(depth[0]), normals_to_rgb(normals, out["mask"][0])]
     if captions:
         panels = [label_panel(p, t) for p, t in zip(panels, PANELS)]

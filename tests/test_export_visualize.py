@@ -17,6 +17,15 @@ from recon.export import (ExportExistsError, depth_to_uint16, export_coefficient
                           synthetic_identities, uint16_to_depth)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Many small tensor ops per image: one intra-op thread is much faster on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model():
     from recon.morphable import MorphableModel
@@ -198,7 +207,7 @@ def test_export_photos_report(tmp_path: Path, monkeypatch, model) -> None:
     bad.write_bytes(b"not an image")
     coeff = synthetic_identities(model, 1, seed=0)[0]
 
-    def fake(paths, detector="dlib", **kw):
+    def fake(paths, detector="dlib", model=None, renderer=None, **kw):
         for p in paths:
             if Path(p).name == "good.jpg":
                 yield SimpleNamespace(path=Path(p), ok=True, reason=None, image=None, landmarks=None, coeffs=coeff,
@@ -260,6 +269,20 @@ def test_visualize_grid_and_turntable(tmp_path: Path, model, renderer) -> None:
 
     assert face_cx(fr[2]) < face_cx(fr[1]) < face_cx(fr[0])
     assert np.array_equal(fr[1], fr[3])  # the same yaw 0 frame on the way back
+
+
+def test_overlay_draws_input_landmarks_where_they_are(model, renderer) -> None:
+    from recon.visualize import face_panels
+
+    coeffs = synthetic_identities(model, 1, seed=5)[0]
+    lm = np.array([[20.25, 30.75], [90.5, 100.5]])  # crop pixels (112 px crop)
+    panels = face_panels(model, renderer, coeffs, input_image=np.zeros((112, 112, 3), np.uint8),
+                         input_landmarks=lm, zoom=2, captions=False)
+    over = panels[1]
+    red = (over[..., 0] == 255) & (over[..., 1] == 40) & (over[..., 2] == 40)
+    for x, y in lm * 2:  # panel pixels: the pixel containing each scaled point is red
+        assert red[int(np.floor(y)), int(np.floor(x))]
+    assert red.sum() <= 2 * 9  # small dots only
 
 
 def test_visualize_command_synthetic(tmp_path: Path) -> None:

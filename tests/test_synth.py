@@ -14,6 +14,15 @@ from PIL import Image
 from recon.synth import SynthOptions, SyntheticFaces, cache_to_folder, cache_relpath
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Many small tensor ops per image: one intra-op thread is much faster on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ds() -> SyntheticFaces:
     return SyntheticFaces(3, 3, seed=5)

@@ -83,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # recon.landmarks.DetectorUnavailable: no detector can run here
+        from recon.landmarks import DetectorUnavailable
+
+        if not isinstance(exc, DetectorUnavailable):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     dt = time.perf_counter() - t0
     print(f"exported {len(folders)} face(s) to {args.out} in {dt:.2f} s ({len(folders) / dt:.1f} faces/s)")
     return 0 if folders else 1

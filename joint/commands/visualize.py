@@ -91,14 +91,16 @@ def run(args: argparse.Namespace) -> int:
             opts = {} if args.fit_steps is None else {"fit_steps": args.fit_steps}
             rows, inputs, landmarks, names = [], [], [], []
             report = {"processed": [], "skipped": []}
-            for res in reconstruct_photos(files, detector=args.detector, **opts):
-                if not res.ok:
-                    report["skipped"].append({"path": str(res.path), "reason": str(res.reason)})
-                    print(f"  skipped {res.path}: {res.reason}", file=sys.stderr)
+            for res in reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **opts):
+                reason = str(res.reason) if not res.ok else (
+                    "no coefficients (fitting was off)" if res.coeffs is None else "")
+                if reason:
+                    report["skipped"].append({"path": str(res.path), "reason": reason})
+                    print(f"  skipped {res.path}: {reason}", file=sys.stderr)
                     continue
                 rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))
                 inputs.append(res.aligned)
-                landmarks.append(getattr(res, "aligned_landmarks", None))
+                landmarks.append(res.landmarks)  # detected landmarks, mapped into the aligned crop
                 names.append(res.path.stem if hasattr(res.path, "stem") else str(res.path))
                 report["processed"].append({"path": str(res.path)})
             if not rows:
@@ -114,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # recon.landmarks.DetectorUnavailable: no detector can run here
+        from recon.landmarks import DetectorUnavailable
+
+        if not isinstance(exc, DetectorUnavailable):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if report is not None:
