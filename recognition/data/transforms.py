@@ -35,7 +35,7 @@ def _pnm_maxval(data: bytes) -> Optional[float]:
         return None
 
 
-def _rescale_high_bit_depth(data: bytes, name: str) -> Optional[np.ndarray]:
+def _rescale_high_bit_depth(data: bytes) -> Optional[np.ndarray]:
     """16-bit / 32-bit / float greyscale images (e.g. 16-bit PGM): scale to uint8 RGB; None if not such."""
     import io
 
@@ -64,7 +64,7 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        hi = _rescale_high_bit_depth(data, name) if data else None
+        hi = _rescale_high_bit_depth(data) if data else None
         if hi is not None:
             return hi
         img = decode_image(data, name=name, mode="RGB")
