@@ -1,7 +1,7 @@
 """The bundled 3D morphable model (ICT face model, face region) as a torch module.
 
 Units and axes (model space): centimetres; +x to the viewer's right, +y up, +z towards the viewer
-(the face looks along +z). Origin: the ICT model's origin (inside the head, about 10 cm behind the nose tip).
+(the face looks along +z). Origin: the ICT model's origin (inside the head, 13 cm behind the nose tip, about level with it).
 
     shape(id, expr)  = mean + sum_k id_k * id_basis_k + sum_j expr_j * expr_basis_j      (B,V,3) cm
     albedo(alb)      = clamp(base_albedo + sum_k alb[k, c] * sigma_k * albedo_basis_k, 0, 1)   (B,V,3)
