@@ -333,6 +333,11 @@ def test_bad_inputs_are_clear_errors():
         r(v, tri.view(-1), a, 8, K)
     with pytest.raises(ValueError, match="outside"):
         r(v, tri + 1, a, 8, K)
+    r(v, tri, a, 8, K)  # valid: remembered, and an in-place edit must still be caught
+    tri[0, 2] = 3
+    with pytest.raises(ValueError, match="outside"):
+        r(v, tri, a, 8, K)
+    tri[0, 2] = 2
     with pytest.raises(ValueError, match="attributes"):
         r(v, tri, torch.rand(1, 4, 1), 8, K)
     with pytest.raises(ValueError, match="K"):
@@ -359,7 +364,8 @@ def test_render_in_forked_worker_after_parent_rendered():
             sums = pool.map_async(_forked_mask_sum, range(2)).get(timeout=60)
     finally:
         torch.set_num_threads(n)
-    assert sums == [32.0, 32.0]  # 4 images x 8 covered pixel centres
+    # screen corners (6,6) (10,6) (8,10): rows 6.5 / 7.5 / 8.5 hold 4 + 2 + 2 centres, 4 images
+    assert sums == [32.0, 32.0]
 
 
 def _forked_mask_sum(_):

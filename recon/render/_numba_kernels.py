@@ -385,22 +385,25 @@ def nearest(scr, tri, face, radius: float, cull: bool, znear: float):
     return near
 
 
-def interp_forward(scr, attr, tri, face):
-    """-> image (B,C,H,W) f64, depth (B,1,H,W) f64; zeros on background."""
+def interp_forward(scr, attr, tri, face, depth_dtype=np.float64):
+    """-> image (B,C,H,W) in attr's dtype, depth (B,1,H,W) in ``depth_dtype``; zeros on background.
+
+    Arithmetic is float64 whatever the storage dtype.
+    """
     nb, h, w = face.shape
-    image = np.zeros((nb, attr.shape[2], h, w), dtype=np.float64)
-    depth = np.zeros((nb, 1, h, w), dtype=np.float64)
+    image = np.zeros((nb, attr.shape[2], h, w), dtype=attr.dtype)
+    depth = np.zeros((nb, 1, h, w), dtype=depth_dtype)
     _run(_interp_fwd, (scr, attr, tri, face, image, depth), nb * h)
     return image, depth
 
 
 def interp_backward(scr, attr, tri, face, g_image, g_depth):
-    """-> grad screen (B,V,3) f64, grad attributes (B,V,C) f64 (one buffer per chunk, then summed)."""
+    """-> grad screen (B,V,3) f64, grad attributes (B,V,C) in attr's dtype (one buffer per chunk, summed)."""
     nb, h, w = face.shape
     n = _workers()
     ranges = _chunks(nb * h, n)
     g_scr = np.zeros((len(ranges),) + scr.shape, dtype=np.float64)
-    g_attr = np.zeros((len(ranges),) + attr.shape, dtype=np.float64)
+    g_attr = np.zeros((len(ranges),) + attr.shape, dtype=attr.dtype)
     if len(ranges) == 1:
         _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr[0], g_attr[0], *ranges[0])
     else:
@@ -411,4 +414,6 @@ def interp_backward(scr, attr, tri, face, g_image, g_depth):
         ]
         for f in futures:
             f.result()
+    if len(ranges) == 1:
+        return g_scr[0], g_attr[0]
     return g_scr.sum(0), g_attr.sum(0)

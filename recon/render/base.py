@@ -20,6 +20,7 @@ Conventions (DESIGN.md section 5):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -88,6 +89,19 @@ def parse_image_size(image_size: ImageSize) -> Tuple[int, int]:
     return h, w
 
 
+_CHECKED: list = []  # (weakref to a triangles tensor, its _version, V): validated recently
+
+
+def _range_checked(triangles: Tensor, v: int) -> bool:
+    """True when this very tensor object, unmodified, was validated against V (skips a device sync)."""
+    return any(r() is triangles and ver == triangles._version and vv == v for r, ver, vv in _CHECKED)
+
+
+def _remember_range(triangles: Tensor, v: int) -> None:
+    _CHECKED.append((weakref.ref(triangles), triangles._version, v))
+    del _CHECKED[:-8]
+
+
 def check_inputs(
     vertices: Tensor,
     triangles: Tensor,
@@ -108,11 +122,13 @@ def check_inputs(
         raise ValueError(f"triangles must be a (F,3) tensor, got {tuple(getattr(triangles, 'shape', ()))}")
     if triangles.is_floating_point():
         raise TypeError("triangles must be an integer tensor (long)")
+    given = triangles
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
-    if triangles.numel():
+    if triangles.numel() and not _range_checked(given, v):
         lo, hi = torch.aminmax(triangles)
         if int(lo) < 0 or int(hi) >= v:
             raise ValueError(f"triangles index vertices outside [0, {v})")
+        _remember_range(given, v)
     if attributes is None:
         attributes = vertices.new_zeros(b, v, 0)
     if not torch.is_tensor(attributes) or attributes.dim() != 3 or attributes.shape[:2] != (b, v):

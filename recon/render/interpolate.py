@@ -21,41 +21,50 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .rasterize import _kernels, point_triangle_distance, resolve_impl
 
 
+def _storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other dtype is computed from / stored as float32 by the kernels."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class _InterpolateNumba(torch.autograd.Function):
+    """numba forward / backward; the kernels compute in float64 and store in the inputs' dtype."""
+
     @staticmethod
     def forward(ctx, screen: Tensor, attributes: Tensor, triangles: Tensor, face: Tensor):
         k = _kernels()
+        a_dtype = _storage_dtype(attributes.dtype)
+        s_dtype = _storage_dtype(screen.dtype)
         scr = screen.detach().to(torch.float64).contiguous().numpy()
-        att = attributes.detach().to(torch.float64).contiguous().numpy()
+        att = attributes.detach().to(a_dtype).contiguous().numpy()
         tri = triangles.detach().to(torch.int64).contiguous().numpy()
         fc = face.detach().to(torch.int64).contiguous().numpy()
-        image, depth = k.interp_forward(scr, att, tri, fc)
+        image, depth = k.interp_forward(scr, att, tri, fc, np.float64 if s_dtype == torch.float64 else np.float32)
         ctx.arrays = (scr, att, tri, fc)
-        ctx.dtypes = (screen.dtype, attributes.dtype)
-        image_t = torch.from_numpy(image).to(attributes.dtype)
-        depth_t = torch.from_numpy(depth).to(screen.dtype)
-        return image_t, depth_t
+        ctx.dtypes = (screen.dtype, attributes.dtype, s_dtype, a_dtype)
+        return torch.from_numpy(image).to(attributes.dtype), torch.from_numpy(depth).to(screen.dtype)
 
     @staticmethod
     def backward(ctx, g_image: Tensor, g_depth: Tensor):
         k = _kernels()
         scr, att, tri, fc = ctx.arrays
+        s_in, a_in, s_dtype, a_dtype = ctx.dtypes
+        shape = (fc.shape[0], 1) + fc.shape[1:]
         if g_image is None:
-            g_image = torch.zeros(fc.shape[0], att.shape[2], *fc.shape[1:], dtype=torch.float64)
+            g_image = torch.zeros((fc.shape[0], att.shape[2]) + fc.shape[1:], dtype=a_dtype)
         if g_depth is None:
-            g_depth = torch.zeros(fc.shape[0], 1, *fc.shape[1:], dtype=torch.float64)
-        gi = g_image.detach().to(torch.float64).contiguous().numpy()
-        gd = g_depth.detach().to(torch.float64).contiguous().numpy()
+            g_depth = torch.zeros(shape, dtype=s_dtype)
+        gi = g_image.detach().to(a_dtype).contiguous().numpy()
+        gd = g_depth.detach().to(s_dtype).contiguous().numpy()
         g_scr, g_att = k.interp_backward(scr, att, tri, fc, gi, gd)
-        s_dtype, a_dtype = ctx.dtypes
-        g_s = torch.from_numpy(g_scr).to(s_dtype) if ctx.needs_input_grad[0] else None
-        g_a = torch.from_numpy(g_att).to(a_dtype) if ctx.needs_input_grad[1] else None
+        g_s = torch.from_numpy(g_scr).to(s_in) if ctx.needs_input_grad[0] else None
+        g_a = torch.from_numpy(g_att).to(a_in) if ctx.needs_input_grad[1] else None
         return g_s, g_a, None, None
 
 
