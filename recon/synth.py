@@ -327,6 +327,12 @@ class SyntheticFaces(torch.utils.data.Dataset):
         self.image_size = int(image_size)
         self.options = options or SynthOptions()
         self.background_images = [Path(p) for p in (background_images or [])]
+        unknown = [k for k in self.options.backgrounds if k not in ("noise", "gradient", "shapes", "image")]
+        if unknown or not self.options.backgrounds:
+            raise ValueError(f"unknown background kind(s) {unknown or '(none given)'}; use noise, gradient, shapes "
+                             "or image")
+        if not [k for k in self.options.backgrounds if k != "image" or self.background_images]:
+            raise ValueError("backgrounds=('image',) needs background_images (files whose crops fill the background)")
         self.backend = backend
         self.n_albedo = n_albedo
         self.dynamic_contour = bool(dynamic_contour)

@@ -184,6 +184,24 @@ def test_cache_to_folder_resumes_and_refuses(tmp_path: Path) -> None:
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+def test_background_crops_of_given_images(tmp_path: Path) -> None:
+    """kind 'image': a crop of a user image fills the background; with a constant image and no blur or
+    noise, every pixel off the face has exactly that colour."""
+    bg = tmp_path / "wall.png"
+    Image.new("RGB", (64, 48), (200, 30, 120)).save(bg)
+    o = SynthOptions(backgrounds=("image",), blur_prob=0.0, noise_sigma=0.0)
+    item = SyntheticFaces(1, 1, seed=0, options=o, background_images=[bg])[0]
+    off = item["mask"][0] == 0
+    assert off.float().mean() > 0.1
+    px = item["image"][:, off]
+    want = torch.tensor([200, 30, 120], dtype=torch.float32)[:, None] / 255
+    assert torch.allclose(px, want.expand_as(px), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown background"):
+        SyntheticFaces(1, 1, options=SynthOptions(backgrounds=("plasma",)))
+    with pytest.raises(ValueError, match="needs background_images"):
+        SyntheticFaces(1, 1, options=SynthOptions(backgrounds=("image",)))
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_identities"):
         SyntheticFaces(0, 2)
