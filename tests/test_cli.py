@@ -1,0 +1,163 @@
+"""`lh2face` command line: dispatch, help, error exits, `eval` on a trained run, `train --nproc` spawning."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from joint.cli import load_commands, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _faces(root: Path, n_ids: int, per_id: int, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n_ids):
+        base = rng.uniform(0, 255, (size, size, 3))
+        d = root / f"p{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(per_id):
+            img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from joint.config import load_train_config
+    from joint.train import train
+
+    tmp = tmp_path_factory.mktemp("cli")
+    faces = _faces(tmp / "faces", 5, 4)
+    cfg = load_train_config(None, [
+        f"data.root={faces}", "data.train_identities=3", "data.image_size=32", "model.embedding_size=16",
+        "model.head=arcface", "schedule.steps=3", "schedule.batch_size=6", "schedule.warmup_steps=1",
+        "schedule.checkpoint_every=0", "eval.n_folds=2", "run.progress=false", "run.tensorboard=false",
+        "run.plots=false", "run.threads=1", "run.device=cpu",
+    ])
+    out = tmp / "run"
+    train(cfg, out=str(out))
+    return out, tmp
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("train", "eval", "study"):
+        assert name in text
+    for name in ("train", "eval", "study"):
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code == 2
+    assert main([]) == 2  # no command: help, exit 2
+
+
+def test_console_script_runs():
+    rc = subprocess.run([str(Path(sys.executable).parent / "lh2face"), "train", "--help"],
+                        capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0 and "--resume" in rc.stdout and "--nproc" in rc.stdout
+
+
+def test_load_commands_absent_and_broken(monkeypatch):
+    mods, errors = load_commands(["train", "not_written_yet"])
+    assert list(mods) == ["train"] and not errors
+    fake = types.ModuleType("joint.commands.halfdone")
+    fake.NAME = "halfdone"
+    monkeypatch.setitem(sys.modules, "joint.commands.halfdone", fake)
+    mods, errors = load_commands(["halfdone"])
+    assert not mods and "lacks HELP, add_arguments, run" in errors["halfdone"]
+
+
+def test_broken_command_reports_instead_of_crashing(monkeypatch, capsys):
+    import joint.commands as jc
+
+    fake = types.ModuleType("joint.commands.halfdone")
+    monkeypatch.setitem(sys.modules, "joint.commands.halfdone", fake)
+    monkeypatch.setattr(jc, "COMMANDS", ["train", "halfdone"])
+    assert main(["halfdone"]) == 2
+    assert "unavailable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])  # the others still work
+    assert e.value.code == 0
+
+
+def test_eval_folder_counts_pairs(trained_run, capsys, tmp_path):
+    run, tmp = trained_run
+    faces = _faces(tmp_path / "held", 3, 4, seed=9)
+    assert main(["eval", "--model", str(run), "--folder", str(faces), "--folds", "2", "--out", str(tmp_path / "ev")]) == 0
+    text = capsys.readouterr().out
+    # 12 images: C(12,2) = 66 pairs, of which 3 * C(4,2) = 18 genuine
+    assert "(66 pairs, 18 genuine)" in text
+    res = json.loads((tmp_path / "ev" / "result.json").read_text())
+    assert res["pairs"] == 66 and 0.0 <= res["accuracy"] <= 1.0
+    assert (tmp_path / "ev" / "roc.png").is_file()
+
+
+def test_eval_bin_identical_pairs_are_perfect(trained_run, capsys, tmp_path):
+    """Genuine pairs are the same image twice (cosine exactly 1), impostors two different random images:
+    any model separates them perfectly, so accuracy and every TAR@FAR must be 1."""
+    from recognition.data import write_verification_bin
+
+    run, _ = trained_run
+    rng = np.random.default_rng(4)
+
+    def png(arr):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        return buf.getvalue()
+
+    bins, issame = [], []
+    for k in range(40):
+        a = png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        if k % 2 == 0:
+            bins += [a, a]
+            issame.append(True)
+        else:
+            bins += [a, png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))]
+            issame.append(False)
+    path = tmp_path / "pairs.bin"
+    write_verification_bin(path, bins, issame)
+    assert main(["eval", "--model", str(run), "--bin", str(path), "--folds", "4", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert res["accuracy"] == 1.0 and res["pairs"] == 40 and res["genuine"] == 20
+    assert res["tar@far=1e-01"] == 1.0  # 20 impostors resolve FAR down to 0.05 only
+
+
+def test_eval_errors(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    assert main(["eval", "--model", str(tmp_path / "nothing"), "--folder", str(tmp_path)]) == 2
+    assert "error: --model" in capsys.readouterr().err
+    assert main(["eval", "--model", str(run)]) == 2  # no data given
+    assert "give --folder" in capsys.readouterr().err
+    assert main(["eval", "ijb", "--model", str(run)]) == 2
+    assert "--root" in capsys.readouterr().err
+
+
+def test_train_nproc_spawns_torchrun(monkeypatch, tmp_path):
+    import subprocess as sp
+
+    from joint import train as jt
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"root": str(ROOT / "assets" / "att_faces")}}))
+    seen = {}
+    monkeypatch.setattr(sp, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "--config", str(cfg), "--nproc", "3", "--out", "x", "-o", "optim.lr=0.1"]) == 0
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    assert cmd[5:7] == ["-m", "joint.train"] and "--out" in cmd and "optim.lr=0.1" in cmd
