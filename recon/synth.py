@@ -495,7 +495,8 @@ def cache_to_folder(dataset: SyntheticFaces, out_dir: PathLike, chunk_size: int 
     that make resuming possible). Items are rendered in chunks of `chunk_size`; a chunk whose annotation
     part exists (and whose PNGs exist) is skipped, so an interrupted run continues where it stopped.
     A folder holding a different data set (or anything else) is refused unless overwrite=True, which
-    re-renders every image. Returns out_dir.
+    re-renders every image (an earlier cache's class folders and annotations are removed first; other
+    files are left alone). Returns out_dir.
     """
     from tqdm import tqdm
 
@@ -524,9 +525,15 @@ def cache_to_folder(dataset: SyntheticFaces, out_dir: PathLike, chunk_size: int 
                                   "pass overwrite=True (--overwrite) or choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     parts_dir = out / ".parts"
-    if fresh and parts_dir.exists():
-        for p in parts_dir.glob("chunk_*.npz"):
-            p.unlink()
+    if fresh and meta_path.is_file():
+        # replacing an earlier cache: drop its images and annotations so no stale class folder survives
+        import re
+        import shutil
+
+        for p in out.iterdir():
+            if p.is_dir() and (re.fullmatch(r"id\d{6,}", p.name) or p.name == ".parts"):
+                shutil.rmtree(p)
+        (out / "annotations.npz").unlink(missing_ok=True)
     write_json_atomic(meta_path, meta)
     cs = meta["chunk_size"]
     n = len(dataset)

@@ -176,6 +176,11 @@ def test_cache_to_folder_resumes_and_refuses(tmp_path: Path) -> None:
     # another data set into the same folder is refused; a foreign folder too
     with pytest.raises(FileExistsError, match="different synthetic data set"):
         cache_to_folder(SyntheticFaces(2, 2, seed=4), out, progress=False)
+    # --overwrite replaces it completely: a smaller data set leaves no stale class folder behind
+    cache_to_folder(SyntheticFaces(1, 1, seed=4), out, progress=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["id000000"]
+    with np.load(out / "annotations.npz") as z:
+        assert list(z["path"]) == ["id000000/0000.png"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
