@@ -180,4 +180,7 @@ def test_shipped_configs_load():
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert "demo.yaml" in names and "demo_arcface.yaml" in names
     for name in names:
-        load_train_config(root / name)
+        cfg = load_train_config(root / name, check_paths=False)
+        if name.startswith("demo"):  # the demos run on bundled / generated data: paths must resolve
+            load_train_config(root / name)
+        assert cfg.model.backbone and cfg.schedule.steps > 0
