@@ -239,7 +239,7 @@ def _ict_mesh():
 @pytest.mark.skipif(not ICT_NPZ.exists(), reason="shared ICT asset not present")
 def test_numba_and_vectorised_agree_on_ict():
     v, tris = _ict_mesh()
-    b, s = 2, 96
+    b, s = 2, 64
     V = v[None].repeat(b, 1, 1)
     V[1] += torch.tensor([1.0, 0.5, 5.0], dtype=torch.float64)
     K = _K(s * 2.0, s / 2, s / 2)
