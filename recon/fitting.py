@@ -66,6 +66,10 @@ class FitConfig:
     w_light: float = 1e-2  # keeps the light close to white (colour spread of the SH coefficients)
     landmark_weights: Optional[Sequence[float]] = None  # (68,), default _LM_WEIGHTS
     seed: int = 0
+    # torch intra-op threads during the fit (restored afterwards). The tensors are small, so one thread
+    # is as fast as several on an idle machine and far faster on a busy one (measured 35 ms vs 810 ms
+    # per photometric step with 2 threads on 2 oversubscribed cores); None leaves torch's setting alone.
+    threads: Optional[int] = 1
 
 
 @dataclass
@@ -239,8 +243,20 @@ def fit_image(
     (e.g. skin); init: optional (B,P) starting coefficients (e.g. a regressor's output; pose is then
     taken from it instead of being solved). Returns a FitResult.
     """
-    t0 = time.perf_counter()
     cfg = FitConfig(**{**asdict(config or FitConfig()), **overrides})
+    if cfg.threads is None:
+        return _fit_image(image, landmarks68, model, renderer, cfg, K, mask, init)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        return _fit_image(image, landmarks68, model, renderer, cfg, K, mask, init)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[MorphableModel], renderer: Any,
+               cfg: FitConfig, K: Optional[Tensor], mask: Optional[Tensor], init: Optional[Tensor]) -> FitResult:
+    t0 = time.perf_counter()
     model = model if model is not None else MorphableModel()
     if renderer is None:
         from .render import build_renderer
@@ -431,6 +447,7 @@ def train_regressor(
     prior_weights: Optional[Dict[str, float]] = None,
     seed: int = 0,
     log_every: int = 0,
+    threads: Optional[int] = None,
 ) -> Tuple[torch.nn.Module, List[Dict[str, float]]]:
     """Train a CoeffRegressor on real aligned crops (self-supervised) and optionally synthetic faces.
 
@@ -440,8 +457,21 @@ def train_regressor(
     loss and the coefficient priors (w_photo=0: landmarks and priors only, no rendering). `synthetic`: optional sequence of dicts with image (3,S,S),
     coeffs (P,) and landmarks (68,2) (recon.synth.SyntheticFaces): half of each step's batch then
     comes from it with the ground-truth coefficient loss and landmark loss added.
+    threads: torch intra-op threads while training (restored afterwards; None: leave as is).
     Returns (regressor, history: one dict of floats per step).
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
+                                w_landmark, w_photo, w_coeffs, prior_weights, seed, log_every)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
+                     w_landmark, w_photo, w_coeffs, prior_weights, seed, log_every):
     from .regressor import CoeffRegressor
 
     gen = torch.Generator().manual_seed(seed)
