@@ -161,3 +161,24 @@ def test_train_nproc_spawns_torchrun(monkeypatch, tmp_path):
     cmd = seen["cmd"]
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
     assert cmd[5:7] == ["-m", "joint.train"] and "--out" in cmd and "optim.lr=0.1" in cmd
+
+
+def test_eval_lfw_pairs_same_image_pairs_are_perfect(trained_run, tmp_path):
+    """LFW layout; matched pairs name the same file twice, mismatched pairs two different people."""
+    run, _ = trained_run
+    rng = np.random.default_rng(2)
+    names = [f"Person_{i}" for i in range(6)]
+    for n in names:
+        (tmp_path / "lfw" / n).mkdir(parents=True)
+        for k in (1, 2):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "lfw" / n / f"{n}_{k:04d}.png")
+    lines = ["2\t5"]
+    for fold in range(2):
+        lines += [f"{names[(fold * 5 + i) % 6]}\t1\t1" for i in range(5)]
+        lines += [f"{names[i]}\t1\t{names[(i + 1 + fold) % 6]}\t2" for i in range(5)]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    assert main(["eval", "--model", str(run), "--lfw-pairs", str(tmp_path / "pairs.txt"), "--lfw-root",
+                 str(tmp_path / "lfw"), "--lfw-ext", "png", "--folds", "2", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert res["pairs"] == 20 and res["genuine"] == 10 and res["accuracy"] == 1.0
