@@ -86,6 +86,13 @@ def _worker(rank: int, port: int, outdir: str) -> None:
             _, logs = build_head("lh2face", C, D, sync_batch_stats=sync).double()(local, y_local)
             plain[sync] = float(logs["norm_stat"])
         results.append(plain)
+        # DDP compensation: the embedding gradient is scaled by the world size, proxies untouched
+        clf = ShardedClassifier("cosface", C, D, ddp_average_compensation=True).double()
+        clf.load_full_weight(weight)
+        emb = emb0[rank * B_LOCAL:(rank + 1) * B_LOCAL].clone().requires_grad_(True)
+        loss, _ = clf(emb, y_local)
+        loss.backward()
+        results.append((emb.grad.clone(), clf.weight.grad.clone()))
         torch.save(results, Path(outdir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -126,9 +133,18 @@ def test_plain_head_under_data_parallel_averages_the_margin_statistic(two_rank_r
     emb, _, _ = _data()
     norms = emb.norm(dim=1)
     for rank in range(WORLD):
-        plain = two_rank_results[rank][-1]
+        plain = two_rank_results[rank][-2]
         assert plain[True] == pytest.approx(float(norms.mean()), rel=1e-12)
         assert plain[False] == pytest.approx(float(norms[rank * B_LOCAL:(rank + 1) * B_LOCAL].mean()), rel=1e-12)
+
+
+def test_ddp_average_compensation_scales_embedding_gradient(two_rank_results) -> None:
+    _, _, r_gemb, r_gw = _reference("cosface", {}, steps=1)[0]
+    for rank in range(WORLD):
+        g_emb, g_w = two_rank_results[rank][-1]
+        start, count = shard_range(C, WORLD, rank)
+        torch.testing.assert_close(g_emb, WORLD * r_gemb[rank * B_LOCAL:(rank + 1) * B_LOCAL], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g_w, r_gw[start:start + count], rtol=1e-9, atol=1e-12)
 
 
 def test_shard_ranges_cover_classes_once() -> None:
