@@ -176,7 +176,8 @@ def to_markdown(rows: List[Dict[str, Any]], backbone: Optional[Dict[str, Any]], 
         sep += "---|"
     lines = [
         f"Renderer on the ICT face mesh ({meta['vertices']} vertices, {meta['triangles']} triangles); "
-        f"device {meta['device']}, torch threads {meta['torch_threads']}, {meta['cpu_count']} CPUs visible.",
+        f"device {meta['device']}, torch threads {meta['torch_threads']}, {meta['cpu_count']} CPUs visible"
+        + (f", 1-min load average {meta['load_average'][0]:.1f} after the run." if meta.get("load_average") else "."),
         "",
         head,
         sep,
