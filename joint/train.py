@@ -615,7 +615,7 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
     from tqdm.auto import tqdm
 
     bar = tqdm(total=s.steps, initial=start, disable=(rank != 0 or not cfg.run.progress), unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+               dynamic_ncols=True, file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     bpe = sampler.batches_per_epoch
     n_bad = n_seen = 0
     step = start
