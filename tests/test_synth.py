@@ -66,6 +66,12 @@ def test_deterministic_whatever_the_order_or_batch(ds: SyntheticFaces, batch: di
         assert torch.equal(a["coeffs"], batch["coeffs"][i])
         assert torch.allclose(a["image"], batch["image"][i], atol=1e-5)
         assert torch.allclose(a["landmarks"], batch["landmarks"][i], atol=1e-3)
+    # what a DataLoader fetches: item by item by default (exact), one batch with batched_fetch
+    exact = again.__getitems__([7, 2])
+    assert torch.equal(exact[0]["image"], firsts[7]["image"]) and exact[1]["label"] == 0
+    fast = SyntheticFaces(3, 3, seed=5, batched_fetch=True).__getitems__([2, 7])
+    assert torch.allclose(fast[1]["image"], firsts[7]["image"], atol=1e-5)
+    assert fast[0]["identity"] == 0 and torch.equal(fast[1]["coeffs"], firsts[7]["coeffs"])
     other_seed = SyntheticFaces(3, 3, seed=6)[2]
     assert not torch.equal(other_seed["coeffs"], batch["coeffs"][2])
 
