@@ -199,6 +199,12 @@ def validate(cfg: TrainConfig, check_names: bool = True, check_paths: bool = Tru
     if check_names:
         _check_registered("backbone", cfg.model.backbone, "recognition.backbones", ("BACKBONES",))
         _check_registered("head", cfg.model.head, "recognition.heads", ("HEADS",))
+        try:  # a 2-class head is cheap: catches unknown / invalid head options up front
+            from recognition.heads import build_head
+
+            build_head(cfg.model.head, 2, embedding_size=cfg.model.embedding_size, **cfg.model.head_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.head_options: {exc}") from None
     return cfg
 
 

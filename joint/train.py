@@ -539,9 +539,12 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
         data = build_data(cfg.data, cfg.eval, seed=cfg.run.seed, need_eval=(rank == 0))
     if data.num_classes < 2:
         raise ConfigError(f"the training set has {data.num_classes} identities; at least 2 are needed")
-    model = JointModel.from_config(cfg, data.num_classes)
-    if world > 1:
-        model.head = build_head_for_world(cfg, data.num_classes, rank, world)
+    try:
+        model = JointModel.from_config(cfg, data.num_classes)
+        if world > 1:
+            model.head = build_head_for_world(cfg, data.num_classes, rank, world)
+    except (TypeError, ValueError) as exc:  # e.g. an unknown backbone option
+        raise ConfigError(f"model: {exc}") from None
     model.to(device)
     sampler = ResumableBatchSampler(len(data.train), cfg.schedule.batch_size, seed=cfg.run.seed, rank=rank, world=world)
     loader = torch.utils.data.DataLoader(

@@ -166,6 +166,7 @@ def test_train_config_validation(tmp_path):
         "model.backbone=nonet": "nonet",
         "optim.name=lion": "optim.name",
         "schedule.keep_checkpoints=1": "keep_checkpoints",
+        "model.head_options={q: 1}": "model.head_options",
     }
     for override, needle in faults.items():
         with pytest.raises(ConfigError) as err:
