@@ -13,19 +13,36 @@ import torch
 
 from recon.render import build_renderer, pytorch3d_available
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 BACKENDS = [
-    pytest.param(("torch", {"impl": "numba"}), id="torch-numba"),
-    pytest.param(("torch", {"impl": "torch"}), id="torch-vectorised"),
-    pytest.param(("pytorch3d", {}), id="pytorch3d"),
+    pytest.param(("torch", {"impl": "numba"}, "cpu"), id="torch-numba"),
+    pytest.param(("torch", {"impl": "torch"}, "cpu"), id="torch-vectorised"),
+    pytest.param(("torch", {"impl": "torch"}, "cuda"), id="torch-vectorised-cuda", marks=_CUDA),
+    pytest.param(("pytorch3d", {}, "cpu"), id="pytorch3d"),
+    pytest.param(("pytorch3d", {}, "cuda"), id="pytorch3d-cuda", marks=_CUDA),
 ]
+
+
+class _OnDevice:
+    """Calls a renderer with its tensor arguments moved to ``device``; outputs come back on CPU."""
+
+    def __init__(self, renderer, device: str) -> None:
+        self.renderer, self.device = renderer, device
+
+    def __call__(self, vertices, triangles, attributes, image_size, K):
+        d = self.device
+        out = self.renderer(vertices.to(d), triangles.to(d), attributes.to(d), image_size, K.to(d))
+        for name in ("image", "mask", "depth"):
+            setattr(out, name, getattr(out, name).cpu())
+        return out
 
 
 @pytest.fixture(params=BACKENDS)
 def renderer(request):
-    name, opts = request.param
+    name, opts, device = request.param
     if name == "pytorch3d":
         pytest.importorskip("pytorch3d")
-    return build_renderer(name, **opts)
+    return _OnDevice(build_renderer(name, **opts), device)
 
 
 def _K(f: float, cx: float, cy: float) -> torch.Tensor:
