@@ -294,3 +294,34 @@ def test_visualize_command_synthetic(tmp_path: Path) -> None:
     assert (out / "grid.png").is_file() and (out / "turntable_synth_000000.gif").is_file()
     assert main(args) == 2  # refuses to overwrite
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_visualize_command_photos_report(tmp_path: Path, monkeypatch, model) -> None:
+    """Photo path of `lh2face visualize` with the reconstruction stubbed: a grid row per good photo with
+    its detected landmarks (red), failures listed in report.json, exit 1 when nothing worked."""
+    import recon.photos
+    from joint.cli import main
+
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    for p in (good, bad):
+        Image.new("RGB", (30, 30)).save(p)
+    coeff = synthetic_identities(model, 1, seed=2)[0]
+    lm = np.tile(np.array([[56.5, 60.5]]), (68, 1))
+
+    def fake(paths, detector="dlib", model=None, renderer=None, **kw):
+        for p in paths:
+            ok = Path(p) == good
+            yield SimpleNamespace(path=Path(p), ok=ok, reason="" if ok else "no face found",
+                                  coeffs=coeff if ok else None, landmarks=lm if ok else None,
+                                  aligned=np.full((112, 112, 3), 90, np.uint8) if ok else None)
+
+    monkeypatch.setattr(recon.photos, "reconstruct_photos", fake, raising=False)
+    out = tmp_path / "vis"
+    assert main(["visualize", str(good), str(bad), "--out", str(out), "--zoom", "1", "--no-gif"]) == 0
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (112, 5 * 112 + 8, 3)
+    overlay = grid[:, 114:226]
+    assert tuple(overlay[60, 56]) == (255, 40, 40)  # the detected landmark, at its pixel
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == [{"path": str(bad), "reason": "no face found"}]
+    assert main(["visualize", str(bad), "--out", str(tmp_path / "none"), "--zoom", "1", "--no-gif"]) == 1
