@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 NAME = "visualize"
 HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
@@ -84,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             from recon.photos import list_images, reconstruct_photos
 
+            if (Path(args.out) / "report.json").exists() and not args.overwrite:
+                print(f"error: {args.out}/report.json exists; pass --overwrite or choose another --out",
+                      file=sys.stderr)
+                return 2
             files = list_images(args.photos)
             if not files:
                 print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
