@@ -110,7 +110,7 @@ def bench_size(size: int, args, verts0: torch.Tensor, tris: torch.Tensor, device
         scr = project_vertices(v, K)
         image, depth = interpolate(scr, c, tris, state["face"], impl)
         if soft:
-            mask = soft_silhouette(scr, tris, state["face"], state["near"], soft)
+            mask = soft_silhouette(scr, tris, state["face"], state["near"], soft, 4.0 * soft)
         else:
             mask = (state["face"] >= 0).float().unsqueeze(1)
         state.update(loss=image.square().sum() + depth.sum() * 1e-3 + mask.sum())

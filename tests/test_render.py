@@ -218,6 +218,15 @@ def test_soft_silhouette_gradient(impl):
 
     s = msum(v)
     assert s.item() > out.mask.sum().item()  # a rim of partial coverage outside the silhouette
+    # the rim profile runs continuously from 1 at the silhouette to 0 at its outer radius (4 sigma)
+    from recon.render.interpolate import rim_profile
+
+    d = torch.linspace(0.0, 5.0, 51, dtype=torch.float64)
+    p = rim_profile(d, 1.0, 4.0)
+    assert p[0].item() == pytest.approx(1.0) and p[40].item() == pytest.approx(0.0, abs=1e-12)
+    assert (p[1:41] < p[:40]).all() and (p[40:] == 0).all()
+    m = soft(v, tris, None, (h, w), K).mask
+    assert ((m >= 0) & (m <= 1)).all() and ((m > 0) & (m < 1)).sum() > 10
     (gv,) = torch.autograd.grad(s, v)
     assert (gv[0, right, 0] > 0).all()  # moving the right column to +x grows the silhouette
     assert (gv[0, verts[0, :, 0] < -1.5, 0] < 0).all()  # the left column grows towards -x

@@ -19,6 +19,7 @@ and lets autograd do the rest; works on any device).
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -119,13 +120,25 @@ def interpolate(
     return _interpolate_torch(screen, attributes, triangles, face)
 
 
-def soft_silhouette(screen: Tensor, triangles: Tensor, face: Tensor, near: Tensor, sigma: float) -> Tensor:
+def rim_profile(d: Tensor, sigma: float, radius: float) -> Tensor:
+    """Soft coverage of an uncovered pixel at distance d px from the silhouette.
+
+    ``(2 sigmoid(-d/sigma) - c) / (1 - c)`` with ``c = 2 sigmoid(-radius/sigma)``: 1 at the silhouette,
+    0 at ``radius`` and beyond, continuous on both ends, strictly decreasing in between.
+    """
+    c = 2.0 / (1.0 + math.exp(radius / sigma))
+    return ((2.0 * torch.sigmoid(-d / sigma) - c) / (1.0 - c)).clamp_min(0.0)
+
+
+def soft_silhouette(
+    screen: Tensor, triangles: Tensor, face: Tensor, near: Tensor, sigma: float, radius: float
+) -> Tensor:
     """Coverage with a soft outer rim: (B,1,H,W).
 
     Covered pixels are 1. An uncovered pixel whose nearest triangle (``near``, from
-    :func:`recon.render.rasterize.nearest_triangle`) lies at distance d px gets ``2 sigmoid(-d/sigma)``
-    (1 at the silhouette, decaying outwards), differentiable w.r.t. the screen positions of that
-    triangle; moving the silhouette outwards raises the mask there.
+    :func:`recon.render.rasterize.nearest_triangle` with the same ``radius``) lies at distance d px
+    gets :func:`rim_profile` (d, sigma, radius), differentiable w.r.t. the screen positions of that
+    triangle: moving the silhouette outwards raises the mask there.
     """
     b, h, w = face.shape
     mask = (face >= 0).to(screen.dtype).reshape(-1)
@@ -140,5 +153,4 @@ def soft_silhouette(screen: Tensor, triangles: Tensor, face: Tensor, near: Tenso
     col = rem - row * w
     s = screen[bi[:, None], triangles[f]]  # (N,3,3)
     d = point_triangle_distance(col.to(screen.dtype) + 0.5, row.to(screen.dtype) + 0.5, s[..., 0], s[..., 1])
-    soft = 2.0 * torch.sigmoid(-d / sigma)
-    return mask.index_put((pix,), soft).view(b, 1, h, w)
+    return mask.index_put((pix,), rim_profile(d, sigma, radius)).view(b, 1, h, w)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .base import RenderOutput, Renderer
+from .interpolate import rim_profile
 
 _MISSING = (
     "the 'pytorch3d' renderer backend needs PyTorch3D, which is not importable here ({err}). "
@@ -51,7 +52,8 @@ class PyTorch3DRenderer(Renderer):
     """Renderer on top of PyTorch3D's MeshRasterizer.
 
     Options: ``soft_edges`` (None or sigma px: uncovered pixels within ``soft_radius * sigma`` px of
-    the silhouette get ``2 sigmoid(-d/sigma)``, d from PyTorch3D's blurred rasterisation distances),
+    the silhouette get :func:`recon.render.interpolate.rim_profile` of their distance d, taken from
+    PyTorch3D's blurred rasterisation distances, the same profile as the torch backend),
     ``soft_radius`` (default 4), ``cull_backfaces`` (PyTorch3D's rule: faces counter-clockwise as seen
     from the camera are front faces, the same as ours), ``faces_per_pixel_soft`` (default 4),
     ``bin_size`` / ``max_faces_per_bin`` (PyTorch3D's coarse-to-fine settings; None = its heuristic).
@@ -146,7 +148,7 @@ class PyTorch3DRenderer(Renderer):
             d2min = torch.where(valid, d2, big).amin(-1)  # (B,H,W)
             near = torch.isfinite(d2min) & ~covered
             d_px = d2min.clamp_min(1e-12).sqrt() / px_to_ndc
-            soft_val = 2.0 * torch.sigmoid(-d_px / self.soft_edges)
+            soft_val = rim_profile(d_px, self.soft_edges, self.soft_radius * self.soft_edges)
             mask = torch.where(near, soft_val, covered.to(soft_val.dtype)).to(dtype).unsqueeze(1)
         face = torch.where(covered, p2f[..., 0] - torch.arange(b, device=dev).view(b, 1, 1) * nf, -torch.ones_like(p2f[..., 0]))
         return RenderOutput(image=image, mask=mask, depth=depth, face=face)

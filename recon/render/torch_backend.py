@@ -22,7 +22,9 @@ class TorchRenderer(Renderer):
 
     Options:
         soft_edges: None (hard 0/1 mask, no silhouette gradient) or sigma in pixels: uncovered pixels
-            within ``soft_radius * sigma`` px of the silhouette get mask ``2 sigmoid(-d/sigma)``.
+            within ``soft_radius * sigma`` px of the silhouette (distance d) get a mask value from
+            :func:`recon.render.interpolate.rim_profile`: ``2 sigmoid(-d/sigma)`` shifted and scaled
+            to run continuously from 1 at the silhouette to 0 at the rim's outer edge.
             ``image`` and ``depth`` stay hard (0 on background).
         soft_radius: the rim width in units of sigma (default 4).
         cull_backfaces: drop triangles that appear clockwise in the image (default False).
@@ -66,10 +68,11 @@ class TorchRenderer(Renderer):
         if self.soft_edges is None:
             mask = (face >= 0).to(vertices.dtype).unsqueeze(1)
         else:
+            radius = self.soft_radius * self.soft_edges
             near = nearest_triangle(
-                screen, triangles, face, self.soft_radius * self.soft_edges, self.cull_backfaces, self.znear, impl
+                screen, triangles, face, radius, self.cull_backfaces, self.znear, impl
             ).to(vertices.device)
-            mask = soft_silhouette(screen, triangles, face, near, self.soft_edges)
+            mask = soft_silhouette(screen, triangles, face, near, self.soft_edges, radius)
         return RenderOutput(image=image, mask=mask, depth=depth, face=face)
 
     def __repr__(self) -> str:
