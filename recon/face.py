@@ -30,13 +30,16 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     CoeffLayout.from_model(model)); image_size int or (H,W); K (3,3)/(B,3,3) pixels (default
     recon.camera.intrinsics(image_size), the canonical crop's focal). dynamic_contour: False (fixed 3D jaw
     vertices), True (under yaw > 20 deg the far-side jaw points use the posterior contour variant) or
-    "silhouette" (they are searched on the rendered outline; see MorphableModel.landmark_indices). fill_holes: close the eye and
-    mouth openings with dark fans (MorphableModel.fill_holes) so the background never shows through.
+    "silhouette" (they are searched on the rendered outline; see MorphableModel.landmark_indices).
+    fill_holes: close the eye and mouth openings with dark fans (MorphableModel.fill_holes) so the
+    background never shows through.
 
     Returns dict: image (B,3,H,W) in [0,1] (0 on background), mask (B,1,H,W), depth (B,1,H,W) camera z cm,
     landmarks2d (B,68,2) pixels (projected landmark vertices, visible or not), vertices_cam (B,V,3) cm,
     normals (B,V,3) camera space, colours (B,V,3), albedo (B,V,3), shading (B,V,3).
     """
+    if dynamic_contour not in (False, True, "silhouette"):
+        raise ValueError(f"dynamic_contour must be False, True or 'silhouette', got {dynamic_contour!r}")
     layout = layout or CoeffLayout.from_model(model)
     p = layout.split(coeffs)
     if K is None:
