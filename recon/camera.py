@@ -22,15 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lh2face.align import ARCFACE_TEMPLATE
+
 from .geometry import FLIP_YZ
 
 # Focal length in pixels per pixel of image width (1015 px at 224, a common choice for face crops).
 FOCAL_PER_PIXEL = 1015.0 / 224.0
 
-ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
-)
+# The shared 5-point template (lh2face.align), float64 here for the solver.
+ARCFACE_TEMPLATE_112 = ARCFACE_TEMPLATE.astype(np.float64)
 
 # Solved by solve_translation(mean-face alignment points, ARCFACE_TEMPLATE_112, intrinsics(112)) with the
 # bundled ICT model (tools: `python -m recon.camera` prints the values). cm, OpenCV camera axes.

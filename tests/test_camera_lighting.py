@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from recon.camera import (ARCFACE_TEMPLATE_112, CANONICAL_TRANSLATION, canonical_camera, intrinsics, project,
-                          solve_translation)
+from recon.camera import CANONICAL_TRANSLATION, canonical_camera, intrinsics, project, solve_translation
 from recon.geometry import (FLIP_YZ, euler_to_matrix, matrix_to_euler, model_to_camera, rot_x, rot_y,
                             similarity_align)
 from recon.lighting import constant_light, directional_light, sh_basis, sh_shading, standard_light
 from recon.morphable import MorphableModel
+
+
+# DESIGN.md section 5: the ArcFace 112x112 five-point template (eye centres, nose tip, mouth corners)
+ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                 [41.5493, 92.3655], [70.7299, 92.2041]])
 
 
 @pytest.fixture(scope="module")

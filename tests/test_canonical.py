@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from recon.camera import ARCFACE_TEMPLATE_112, canonical_camera, project
+from recon.camera import canonical_camera, project
 from recon.canonical import normalise_depth, render_canonical
 from recon.coeffs import CoeffLayout
 from recon.face import render_face
 from recon.lighting import constant_light
 from recon.morphable import MorphableModel
 from recon.render import build_renderer
+
+
+# DESIGN.md section 5: the ArcFace 112x112 five-point template (eye centres, nose tip, mouth corners)
+ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                 [41.5493, 92.3655], [70.7299, 92.2041]])
 
 
 @pytest.fixture(scope="module")
