@@ -188,8 +188,9 @@ def test_lh2face_scale_normalised_is_per_sample_scaled_cosface() -> None:
         loss, _, emb = _run(head)
         loss.backward()
         grads.append((emb.grad.clone(), head.weight.grad.clone()))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-12)
+    # identical up to float64 rounding of the (large, cancelling) log C_n * s / mean|z| row constant
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-10)
 
 
 def test_lh2face_pps_norm_gradient_is_a_minus_cos() -> None:

@@ -93,8 +93,10 @@ def sharded_cross_entropy(logits: torch.Tensor, target_col: torch.Tensor, ctx: S
     softmax denominators and the target logit are all-reduced; the (replicated) mean loss is divided
     by the world size so the partials sum to it.
     """
-    row_max = ctx.all_reduce_max(logits.detach().amax(dim=1))
-    sum_exp = ctx.all_reduce_sum(torch.exp(logits - row_max.unsqueeze(1)).sum(1))
+    # log-sum-exp of the local block first: no (B, C) temporary is kept for the backward pass
+    local_lse = torch.logsumexp(logits, dim=1)  # (B,)
+    row_max = ctx.all_reduce_max(local_lse)  # detached; any per-row shift is exact
+    sum_exp = ctx.all_reduce_sum(torch.exp(local_lse - row_max))
     target = ctx.all_reduce_sum(target_values(logits, target_col))
     per_sample = torch.log(sum_exp) + row_max - target
     return per_sample.mean() / ctx.world
@@ -127,7 +129,7 @@ class MarginHead(nn.Module):
     def margin_logits(
         self, cos: torch.Tensor, norms: torch.Tensor, target_col: torch.Tensor, stats: Dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """cos (B, C) in [-1, 1], norms (B,), target_col (B,) (-1: target elsewhere) -> logits (B, C)."""
+        """cos (B, C) (within rounding of [-1, 1]), norms (B,), target_col (B,) (-1: target elsewhere) -> (B, C)."""
         raise NotImplementedError
 
     def extra_losses(
@@ -171,8 +173,9 @@ class MarginHead(nn.Module):
         x = emb / norms.unsqueeze(1)
         w = weight.to(emb.dtype)
         proxies = F.normalize(w, dim=1, eps=1e-12)
-        # under autocast the product may come back in half precision: margins and softmax run in emb's dtype
-        cos = (x @ proxies.t()).to(emb.dtype).clamp(-1.0, 1.0)
+        # under autocast the product may come back in half precision: margins and softmax run in emb's dtype.
+        # |cos| may exceed 1 by rounding; the margins that need [-1, 1] (acos, sqrt) clamp the target only.
+        cos = (x @ proxies.t()).to(emb.dtype)
         stats = self.batch_statistics(norms.detach(), ctx)
         logits = self.margin_logits(cos, norms, target_col, stats)
         partials: Dict[str, torch.Tensor] = {"l_ce": sharded_cross_entropy(logits, target_col, ctx)}

@@ -41,7 +41,7 @@ def arcface_logits(
     easy_margin=False: where theta + m > pi (cos < cos(pi - m)) the target becomes cos - m sin(m),
     keeping the target logit monotone in theta. easy_margin=True: the margin only where cos > 0.
     """
-    t = target_values(cos, target_col)
+    t = target_values(cos, target_col).clamp(-1.0, 1.0)
     sin = torch.sqrt((1.0 - t * t).clamp_min(1e-12))
     with_margin = t * math.cos(m) - sin * math.sin(m)
     if easy_margin:
