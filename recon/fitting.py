@@ -312,9 +312,12 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
             sched = None
         else:
             opt = torch.optim.Adam(opt_groups)
-            # cosine decay to 5 % of each learning rate: Adam with a constant rate keeps jittering
+            # linear warm-up over 10 steps (Adam's first steps move every parameter by ~lr, which would
+            # knock the pose off), then cosine decay to 5 % (a constant rate keeps jittering)
+            warm = min(10, max(1, steps // 5))
             sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda k: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps)))
+                opt, lambda k: min(1.0, (k + 1) / warm)
+                * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))))
 
         def evaluate() -> Tuple[Tensor, Dict[str, Tensor]]:
             p = dict(params)
