@@ -99,10 +99,10 @@ def _interpolate_torch(screen: Tensor, attributes: Tensor, triangles: Tensor, fa
     c = attributes.shape[2]
     pix, bi, vid, wts, depth = _barycentric_torch(screen, triangles, face)
     att = attributes[bi[:, None], vid]  # (N,3,C)
-    vals = (wts[..., None] * att).sum(1)  # (N,C)
+    vals = (wts[..., None].to(att.dtype) * att).sum(1)  # (N,C)
     image = attributes.new_zeros(b * h * w, c).index_put((pix,), vals)
     dimg = screen.new_zeros(b * h * w).index_put((pix,), depth)
-    return image.view(b, h, w, c).permute(0, 3, 1, 2), dimg.view(b, 1, h, w)
+    return image.view(b, h, w, c).permute(0, 3, 1, 2).contiguous(), dimg.view(b, 1, h, w)
 
 
 def interpolate(
