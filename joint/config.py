@@ -40,7 +40,7 @@ class DataConfig:
     synth_eval_identities: int = 16
     synth_eval_images: int = 6
     synth_seed: int = 0
-    synth_cache: Optional[str] = None  # folder to cache rendered samples (.pt shards); None = on the fly
+    synth_options: Dict[str, Any] = field(default_factory=dict)  # recon.synth.SynthOptions fields (yaw, ...)
 
 
 @dataclass

@@ -226,6 +226,18 @@ def make_pairs(labels: Sequence[int], max_pairs: int, seed: int = 0) -> Tuple[to
     return (torch.as_tensor(i1[keep]), torch.as_tensor(i2[keep]), torch.as_tensor(same[keep]))
 
 
+def balanced_subset(issame: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Indices of every genuine pair plus as many impostor pairs (drawn without replacement, in pair order),
+    so that verification accuracy is measured at a 50% base rate (as LFW's protocol) rather than at the
+    impostor share of all pairs."""
+    same = torch.as_tensor(issame).bool().numpy()
+    pos, neg = np.nonzero(same)[0], np.nonzero(~same)[0]
+    k = min(len(pos), len(neg))
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
+    return torch.as_tensor(np.sort(keep))
+
+
 def _stack_eval(ds: Dataset, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, List[Dict[str, Any]]]:
     """Load held-out samples into memory (skipping bad ones)."""
     images, labels, extras = [], [], []
@@ -252,12 +264,19 @@ def build_data(cfg: DataConfig, ecfg: EvalConfig, seed: int = 0, need_eval: bool
     if cfg.kind == "synthetic":
         from recon.synth import SyntheticFaces
 
-        base = SyntheticFaces(cfg.synth_identities, cfg.synth_images, seed=cfg.synth_seed, image_size=cfg.image_size)
+        from recon.synth import SynthOptions
+
+        try:
+            opts = SynthOptions(**cfg.synth_options)
+        except TypeError as exc:
+            raise ConfigError(f"data.synth_options: {exc}") from None
+        base = SyntheticFaces(cfg.synth_identities, cfg.synth_images, seed=cfg.synth_seed, image_size=cfg.image_size,
+                              options=opts)
         train = DictSamples(MemoryCache(base))
         num_classes = cfg.synth_identities
         if need_eval and cfg.synth_eval_identities > 0:
             eval_ds = SyntheticFaces(cfg.synth_eval_identities, cfg.synth_eval_images, seed=cfg.synth_seed,
-                                     identity_offset=cfg.synth_identities, image_size=cfg.image_size)
+                                     identity_offset=cfg.synth_identities, image_size=cfg.image_size, options=opts)
             eval_idx = list(range(len(eval_ds)))
     else:
         if cfg.kind == "imagefolder":

@@ -368,12 +368,7 @@ def evaluate_model(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, device
         emb = torch.as_tensor(emb)
         i1, i2, same = bundle.eval_pairs
         res = evaluate_pairs(emb[i1], emb[i2], same.numpy().astype(bool), n_folds=cfg.eval.n_folds)
-        out: Dict[str, Any] = {
-            "accuracy": float(res["accuracy"]), "accuracy_std": float(res["accuracy_std"]),
-            "pairs": int(len(same)), "genuine": int(same.sum()),
-        }
-        for far, tar in res["tar_at_far"].items():
-            out[f"tar@far={float(far):.0e}"] = float(tar)
+        out = verification_summary(emb, i1, i2, same, res, cfg.eval.n_folds)
         if bundle.extra and "coeffs" in bundle.extra and getattr(model.trunk, "regressor", None) is not None:
             out["vertex_error_mm"] = reconstruction_error(model, bundle, cfg, device)
         if roc_path is not None and cfg.run.plots:
@@ -386,6 +381,29 @@ def evaluate_model(model: torch.nn.Module, bundle: Any, cfg: TrainConfig, device
         return out
     finally:
         model.train(was)
+
+
+def verification_summary(emb: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor, same: torch.Tensor,
+                         res: Dict[str, Any], n_folds: int) -> Dict[str, Any]:
+    """TAR@FAR from all pairs (`res`); accuracy (10-fold) on the balanced subset (every genuine pair and as
+    many impostors) unless the pairs are balanced already, as in LFW / .bin sets."""
+    from recognition.eval.verification import evaluate_pairs
+
+    from .data import balanced_subset
+
+    n_pos = int(same.sum())
+    acc, std, label = res["accuracy"], res["accuracy_std"], "pairs"
+    if 0 < n_pos and n_pos * 2 != len(same):
+        b = balanced_subset(same)
+        if len(b) >= 2 * n_folds:
+            rb = evaluate_pairs(emb[i1[b]], emb[i2[b]], same[b].numpy().astype(bool), n_folds=n_folds)
+            acc, std, label = rb["accuracy"], rb["accuracy_std"], "balanced"
+    out: Dict[str, Any] = {"accuracy": float(acc), "accuracy_std": float(std), "accuracy_on": label,
+                           "pairs": int(len(same)), "genuine": n_pos}
+    for far, tar in res["tar_at_far"].items():
+        out[f"tar@far={float(far):.0e}"] = float(tar)
+    out["auc"] = float(res.get("auc", float("nan")))
+    return out
 
 
 @torch.no_grad()
@@ -810,7 +828,9 @@ def _find_resume(ckpt: Checkpointer, world: int, device: torch.device) -> Option
 
 def format_result(res: Dict[str, Any]) -> str:
     """One human line with accuracy, TAR@FAR 1e-3 / 1e-2 and reconstruction error when present."""
-    parts = [f"accuracy {res['accuracy']:.4f} +- {res['accuracy_std']:.4f} ({res['pairs']} pairs, {res['genuine']} genuine)"]
+    bal = " (balanced: every genuine pair + as many impostors)" if res.get("accuracy_on") == "balanced" else ""
+    parts = [f"accuracy {res['accuracy']:.4f} +- {res['accuracy_std']:.4f}{bal}",
+             f"{res['pairs']} pairs, {res['genuine']} genuine"]
     for far in ("1e-03", "1e-02"):
         k = f"tar@far={far}"
         if k in res:

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from joint.config import load_train_config
-from joint.data import ResumableBatchSampler, make_pairs, split_identities
+from joint.data import ResumableBatchSampler, balanced_subset, make_pairs, split_identities
 from joint.train import Checkpointer, NonFiniteLossError, DataFaultError, lr_factor, train
 from lh2face.io import load_checkpoint
 
@@ -104,6 +104,9 @@ def test_identity_split_and_pairs():
     assert len(same) == 20 and int(same.sum()) == 10
     lab = np.asarray(labels)
     assert np.array_equal(lab[i1.numpy()] == lab[i2.numpy()], same.numpy())
+    _, _, same = make_pairs(labels, max_pairs=1000)
+    b = balanced_subset(same, seed=2)
+    assert int(same[b].sum()) == 12 and len(b) == 24 and len(set(b.tolist())) == 24
 
 
 def test_checkpointer_falls_back_past_corrupt_latest(tmp_path):

@@ -154,10 +154,11 @@ def run(args: argparse.Namespace) -> int:
         emb = torch.as_tensor(extract_embeddings(embed_fn, images, batch_size=args.batch_size,
                                                  flip=not args.no_flip, progress=False))
     res = evaluate_pairs(emb[i1], emb[i2], same.numpy().astype(bool), n_folds=args.folds)
-    out = {"accuracy": float(res["accuracy"]), "accuracy_std": float(res["accuracy_std"]),
-           "pairs": int(len(same)), "genuine": int(same.sum()), "checkpoint": str(ckpt), "set": name}
-    for far, tar in res["tar_at_far"].items():
-        out[f"tar@far={float(far):.0e}"] = float(tar)
+    from joint.train import verification_summary
+
+    out = verification_summary(emb, torch.as_tensor(i1), torch.as_tensor(i2), torch.as_tensor(same).bool(), res,
+                               args.folds)
+    out.update({"checkpoint": str(ckpt), "set": name})
     print(f"{name}: {format_result(out)}")
     if args.out:
         write_json_atomic(Path(args.out) / "result.json", out)
