@@ -6,6 +6,18 @@
 
 Conventions: see :mod:`recon.render.base` (OpenCV camera space in cm, pixel centres at +0.5,
 camera z depth, counter-clockwise-in-the-image front faces).
+
+Backend "torch" (the project's own): rasterises the visible triangle id per pixel without gradient
+(numba kernels on CPU, a vectorised torch rasteriser on other devices), then recomputes
+perspective-correct barycentrics from the projected vertices in differentiable code, so
+``image``/``depth`` have gradients w.r.t. vertices and attributes; ``soft_edges=sigma`` adds a
+soft outer rim to ``mask`` (gradient at silhouettes). ``out.face`` (B,H,W) is the visible triangle
+id, -1 on background; ``out.face >= 0`` is the hard coverage even when the mask is soft.
+
+CPU performance: the numba kernels (compiled on first use, cached on disk) run on a thread pool of
+``torch.get_num_threads()`` workers. On a machine shared by many processes, PyTorch's OpenMP
+threads spin-wait and slow everything down (its own ops first); ``OMP_WAIT_POLICY=PASSIVE`` or
+``torch.set_num_threads(1)`` avoids that. ``bench/bench_render.py`` measures each stage.
 """
 
 from __future__ import annotations
