@@ -256,7 +256,9 @@ def test_bad_images_are_skipped_and_counted_then_stop_past_fraction(tmp_path):
         train(cfg, out=str(tmp_path / "run2"))
 
 
-def test_config_faults_one_line_before_work(faces, tmp_path):
+def test_config_faults_one_line_before_work(faces, tmp_path, capsys):
+    from joint.cli import main
+
     cases = {
         "unknown key": ["-o", "optim.lrr=0.1"],
         "wrong type": ["-o", "schedule.steps=many"],
@@ -269,12 +271,18 @@ def test_config_faults_one_line_before_work(faces, tmp_path):
     cfg_path = tiny_config(tmp_path, faces)
     for name, extra in cases.items():
         out = tmp_path / f"out_{name.replace(' ', '_')}"
-        rc = subprocess.run([PY, "-m", "joint.train", "--config", str(cfg_path), "--out", str(out), *extra],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert rc.returncode == 2, name
-        lines = [l for l in rc.stderr.splitlines() if l.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: config:") and expect[name] in lines[0], (name, rc.stderr)
+        capsys.readouterr()
+        assert main(["train", "--config", str(cfg_path), "--out", str(out), *extra]) == 2, name
+        err = capsys.readouterr().err
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: config:") and expect[name] in lines[0], (name, err)
         assert not out.exists(), f"{name}: work started"
+    # and through the real console entry point, in a fresh process
+    out = tmp_path / "out_subprocess"
+    rc = subprocess.run([PY, "-m", "joint.train", "--config", str(cfg_path), "--out", str(out), "-o", "optim.lrr=1"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 2 and rc.stderr.strip().count("\n") == 0 and "optim.lrr" in rc.stderr
+    assert not out.exists()
 
 
 def test_two_process_gloo_run_identical_weights(faces, tmp_path):
