@@ -48,11 +48,15 @@ _LM_WEIGHTS[60:68] = 2.0  # inner lips
 
 @dataclass
 class FitConfig:
-    """Steps, learning rates and loss weights of `fit_image` (defaults: ~1-3 s per image at 112 px on CPU)."""
+    """Steps, learning rates and loss weights of `fit_image`.
+
+    Defaults take ~3-4 s per image at 112 or 224 px on one CPU thread (photometric steps ~30 ms each,
+    measured on the shared 2-core machine at load ~8); the first fit in a process adds the renderer's
+    kernel loading (~2 s)."""
 
     steps_pose: int = 30  # L-BFGS steps (rigid pose on the landmarks)
     steps_shape: int = 100  # Adam steps from here on
-    steps_photo: int = 120
+    steps_photo: int = 80
     lr_pose: float = 0.01  # rotation, radians per step
     lr_translation: float = 0.05  # translation, cm per step in x, y and 10 cm per step in z
     lr_shape: float = 0.05
@@ -79,8 +83,9 @@ class FitResult:
     coeffs (B,P) detached, CoeffLayout order; landmarks2d (B,68,2) fitted model landmarks in pixels;
     nme_before / nme_after (B,) landmark error of the initial (mean face, solved pose) and fitted model
     against the target landmarks, normalised by the inter-ocular distance (outer eye corners);
-    losses: final value of each term; history: one dict per step (step, stage, total and terms);
-    render: final dict(image (B,3,H,W), mask (B,1,H,W), depth (B,1,H,W)) detached; seconds: wall time.
+    losses: final value of each term; history: one dict per step (step, stage, seconds since the
+    start of the fit, total and each term, evaluated at the start of the step); render: final
+    dict(image (B,3,H,W), mask (B,1,H,W), depth (B,1,H,W)) detached; seconds: wall time.
     """
 
     coeffs: Tensor
@@ -349,7 +354,7 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
             opt.step(closure)
             if sched is not None:
                 sched.step()
-            history.append({"step": len(history), "stage": stage, **record})
+            history.append({"step": len(history), "stage": stage, "seconds": time.perf_counter() - t0, **record})
         with torch.no_grad():
             params["translation"].copy_(base_t + delta * t_scale)
 
