@@ -163,3 +163,18 @@ def test_cuda_matches_cpu() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(g).all()
+
+
+def test_log_bessel_iv_gradient_and_kappa_zero() -> None:
+    x = torch.tensor([0.02, 1.5, 30.0, 700.0], dtype=torch.float64, requires_grad=True)
+    for v in (0.5, 7.0, 127.0):
+        assert torch.autograd.gradcheck(lambda t: log_bessel_iv(v, t), (x,))
+    xd = x.detach()  # I_{1/2}(x) = sqrt(2 / (pi x)) sinh(x)
+    ref = 0.5 * torch.log(2 / (math.pi * xd)) + xd + torch.log1p(-torch.exp(-2 * xd)) - math.log(2.0)
+    torch.testing.assert_close(log_bessel_iv(0.5, xd), ref, rtol=1e-12, atol=1e-12)
+    # kappa = 0 exactly: the limit value, finite gradient -A_n(0) = 0
+    k0 = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    out = log_normalizer(k0, 256)
+    (g,) = torch.autograd.grad(out.sum(), k0)
+    torch.testing.assert_close(out.detach(), torch.full((3,), log_normalizer_at_zero(256), dtype=torch.float64))
+    assert torch.isfinite(g).all() and g.abs().max() < 1e-20
