@@ -407,7 +407,7 @@ def crops_from_cache(cache: Any, size: int = 112) -> Tuple[np.ndarray, np.ndarra
     for k in np.flatnonzero(cache.ok):
         try:
             image = read_image(str(cache.paths[k]))
-        except ImageReadError as exc:
+        except (ImageReadError, OSError) as exc:
             warnings.warn(f"skipping {cache.paths[k]}: {exc}")
             continue
         crop, M = align_face(image, cache.landmarks5[k], size=size, return_matrix=True)

@@ -110,6 +110,8 @@ def build_cache(
             row["reason"] = "" if row["ok"] else "no face found"
         except ImageReadError as exc:
             row["reason"] = str(exc)
+        except OSError as exc:  # permissions, a folder named like an image, ...
+            row["reason"] = f"{p}: cannot read ({exc})"
         rows.append(row)
         if progress is not None:
             progress(k, p, row["reason"] or "ok")
