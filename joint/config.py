@@ -235,6 +235,28 @@ def load_train_config(
     return validate(cfg, check_names=check_names, check_paths=check_paths)
 
 
+def config_from_checkpoint(data: Dict[str, Any]) -> TrainConfig:
+    """TrainConfig from a checkpoint's stored config, ignoring keys this version no longer has (a
+    checkpoint written by an older or newer lh2face still loads for evaluation)."""
+    import dataclasses
+    import logging
+    import typing
+
+    def prune(cls: Any, d: Any, prefix: str) -> Any:
+        if not isinstance(d, dict):
+            return d
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for k, v in d.items():
+            if k not in hints:
+                logging.getLogger("lh2face.train").warning("checkpoint config: ignoring unknown key '%s%s'", prefix, k)
+                continue
+            out[k] = prune(hints[k], v, f"{prefix}{k}.") if dataclasses.is_dataclass(hints[k]) else v
+        return out
+
+    return from_dict(TrainConfig, prune(TrainConfig, data, ""))
+
+
 def config_to_yaml(cfg: TrainConfig) -> str:
     """The resolved config as YAML (what the run directory stores)."""
     return dump_yaml(cfg)
@@ -252,6 +274,7 @@ __all__ = [
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "config_from_checkpoint",
     "config_to_yaml",
     "load_train_config",
     "resolve_path",

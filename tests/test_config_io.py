@@ -185,3 +185,17 @@ def test_shipped_configs_load():
         if name.startswith("demo"):  # the demos run on bundled / generated data: paths must resolve
             load_train_config(root / name)
         assert cfg.model.backbone and cfg.schedule.steps > 0
+
+
+def test_config_from_checkpoint_ignores_retired_keys():
+    from lh2face.config import to_dict
+
+    from joint.config import TrainConfig, config_from_checkpoint
+
+    d = to_dict(TrainConfig())
+    d["data"]["retired_option"] = 1
+    d["model"]["head"] = "arcface"
+    cfg = config_from_checkpoint(d)
+    assert cfg.model.head == "arcface" and not hasattr(cfg.data, "retired_option")
+    with pytest.raises(ConfigError):  # still typed
+        config_from_checkpoint({"schedule": {"steps": "many"}})

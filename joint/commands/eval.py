@@ -41,10 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(path: str, device: Any = "cpu") -> Tuple[Any, Any, Path]:
     """(JointModel with trained trunk in eval mode, TrainConfig, checkpoint path) from a run dir or file."""
-    from lh2face.config import from_dict
     from lh2face.io import CheckpointError, load_checkpoint
 
-    from joint.config import TrainConfig
+    from joint.config import config_from_checkpoint
     from joint.model import JointModel
     from joint.train import Checkpointer
 
@@ -58,7 +57,7 @@ def load_model(path: str, device: Any = "cpu") -> Tuple[Any, Any, Path]:
         ckpt = Checkpointer(folder).path(step)
     else:
         state, ckpt = load_checkpoint(p), p
-    cfg = from_dict(TrainConfig, state["config"])
+    cfg = config_from_checkpoint(state["config"])
     model = JointModel.from_config(cfg, int(state["num_classes"]))
     trunk = {k[len("trunk."):]: v for k, v in state["model"].items() if k.startswith("trunk.")}
     model.trunk.load_state_dict(trunk)
