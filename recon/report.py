@@ -48,7 +48,7 @@ def _fmt(x: Optional[float], digits: int = 4) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _input_picture(image: np.ndarray, face: Any, max_side: int = 200) -> np.ndarray:
+def _input_picture(image: np.ndarray, face: Any, max_side: int = 180) -> np.ndarray:
     """The photo with the face box (yellow) and 68 landmarks (red), scaled so its long side is max_side."""
     from PIL import Image, ImageDraw
 
@@ -66,7 +66,7 @@ def _input_picture(image: np.ndarray, face: Any, max_side: int = 200) -> np.ndar
     return np.asarray(im)
 
 
-def _loss_svg(history: Sequence[Dict[str, Any]], width: int = 180, height: int = 70) -> str:
+def _loss_svg(history: Sequence[Dict[str, Any]], width: int = 160, height: int = 70) -> str:
     """Inline SVG of the total loss per step (log scale), stages separated by grey lines."""
     vals = np.array([h.get("total", np.nan) for h in history], dtype=np.float64)
     ok = np.isfinite(vals) & (vals > 0)
@@ -94,7 +94,7 @@ def _img(rel: str, alt: str, size: int) -> str:
 
 
 def write_report(results: Iterable[Any], out_dir: PathLike, model: Any = None, renderer: Any = None,
-                 title: str = "lh2face: reconstruction of photos", zoom: int = 2, display: int = 168) -> Path:
+                 title: str = "lh2face: reconstruction of photos", zoom: int = 2, display: int = 150) -> Path:
     """Write out_dir/index.html (+ out_dir/images/) for PhotoResult items; returns the index path.
 
     model / renderer: used to render the fitted faces (built when None and some result has coeffs);
