@@ -325,8 +325,9 @@ def plot_losses(rows: List[Dict[str, Any]], path: Path) -> None:
     train = [r for r in rows if r.get("kind") == "train"]
     if not train:
         return
-    keys = [k for k in train[-1] if k == "loss" or k.startswith(("l_", "fr/", "reco/"))]
+    keys = [k for k in train[-1] if (k == "loss" or k.startswith(("l_", "fr/l_", "reco/")))]
     fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     steps = [r["step"] for r in train]
     for k in keys:
         ax.plot(steps, [r.get(k, float("nan")) for r in train], label=k)
