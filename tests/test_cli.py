@@ -182,3 +182,16 @@ def test_eval_lfw_pairs_same_image_pairs_are_perfect(trained_run, tmp_path):
                  str(tmp_path / "lfw"), "--lfw-ext", "png", "--folds", "2", "--out", str(tmp_path / "o")]) == 0
     res = json.loads((tmp_path / "o" / "result.json").read_text())
     assert res["pairs"] == 20 and res["genuine"] == 10 and res["accuracy"] == 1.0
+
+
+def test_eval_ijb_delegates_to_the_protocol(trained_run, tmp_path, capsys):
+    from ijb_fixture import PAIRS, build_ijb_fixture
+
+    run, _ = trained_run
+    build_ijb_fixture(tmp_path / "ijb", target="IJBB", mode="aligned")
+    out = tmp_path / "o"
+    assert main(["eval", "ijb", "--model", str(run), "--root", str(tmp_path / "ijb"), "--target", "IJBB",
+                 "--batch-size", "4", "--out", str(out)]) == 0
+    res = json.loads((out / "ijbb_result.json").read_text())
+    assert res["n_pairs"] == len(PAIRS) and res["n_genuine"] == sum(p[2] for p in PAIRS)
+    assert (out / "ijbb_roc.png").is_file() and "TAR" in capsys.readouterr().out
