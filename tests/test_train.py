@@ -335,3 +335,14 @@ def test_recordio_training_data_matches_the_imagefolder_split(faces, tmp_path):
         assert a.train[i]["label"] == b.train[i]["label"]
         assert torch.allclose(a.train[i]["image"], b.train[i]["image"], atol=1 / 255)
     assert torch.equal(a.eval_labels, b.eval_labels) and torch.equal(a.eval_pairs[2], b.eval_pairs[2])
+
+
+def test_bf16_autocast_path_trains(faces, tmp_path):
+    """The mixed-precision switch: the trunk runs under bf16 autocast, the head in float32; steps stay finite."""
+    cfg = load_train_config(tiny_config(tmp_path, faces, schedule__steps=2, schedule__checkpoint_every=0,
+                                        run__precision="bf16", run__plots=False))
+    res = train(cfg, out=str(tmp_path / "bf16"))
+    rows = [yaml.safe_load(l) for l in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert "accuracy" in res
