@@ -17,8 +17,8 @@ un-normalised so the norm is kept) and the run's metrics are computed from those
 
 - verification accuracy (10-fold, on the balanced pair subset as `lh2face train` reports it), TAR at
   FAR 1e-3 / 1e-2 over all held-out pairs, AUC;
-- TAR per feature-norm bin: pairs are split by min(|z1|, |z2|) into ``norm_bins`` quantile bins (bin 1 =
-  lowest norms); the threshold is the global one for the FAR (one operating point for the whole set, as a
+- TAR per feature-norm bin: pairs are ranked by min(|z1|, |z2|) and split into ``norm_bins`` equal-count
+  (quantile) bins (bin 1 = lowest norms); the threshold is the global one for the FAR (one operating point for the whole set, as a
   deployed system has) and TAR is the fraction of the bin's genuine pairs accepted; the bin's own FAR is
   stored too.
 
@@ -118,7 +118,14 @@ def load_study_config(path: str, overrides: Sequence[str] = ()) -> StudyConfig:
     from .config import INPUT_MODES
 
     register_ablation_heads()
-    cfg = from_dict(StudyConfig, merge_overrides(load_yaml(path), overrides))
+    raw = merge_overrides(load_yaml(path), overrides)
+    cfg = from_dict(StudyConfig, raw)
+    per_run = {"head": "study.heads", "head_options": "study.head_options", "input_mode": "study.input_modes"}
+    for k, where in per_run.items():
+        if k in ((raw.get("train") or {}).get("model") or {}):
+            raise ConfigError(f"train.model.{k}: the study sets it per run; use {where} instead")
+    if "seed" in ((raw.get("train") or {}).get("run") or {}) and "seeds" not in (raw.get("study") or {}):
+        pass  # run.seed only seeds the shared data split / pairs; study.seeds seed the runs
     s = cfg.study
     if not s.seeds:
         raise ConfigError("study.seeds: at least one seed is needed")
@@ -245,13 +252,15 @@ def pair_metrics(emb: np.ndarray, i1: np.ndarray, i2: np.ndarray, same: np.ndarr
     norms = np.linalg.norm(emb, axis=1)
     out["mean_norm"] = float(norms.mean())
     pmin = np.minimum(norms[i1], norms[i2])
-    edges = np.quantile(pmin, np.linspace(0, 1, norm_bins + 1))
-    which = np.clip(np.searchsorted(edges, pmin, side="right") - 1, 0, norm_bins - 1)
+    # equal-count bins by rank (ties in the norm cannot empty a bin or pile into the last one)
+    which = np.empty(len(pmin), dtype=np.int64)
+    which[np.argsort(pmin, kind="stable")] = np.arange(len(pmin)) * norm_bins // max(1, len(pmin))
     bins = []
     for b in range(norm_bins):
         inb = which == b
         g, n = inb & same, inb & ~same
-        entry: Dict[str, Any] = {"bin": b + 1, "lo": float(edges[b]), "hi": float(edges[b + 1]),
+        lo, hi = (float(pmin[inb].min()), float(pmin[inb].max())) if inb.any() else (float("nan"), float("nan"))
+        entry: Dict[str, Any] = {"bin": b + 1, "lo": lo, "hi": hi,
                                  "genuine": int(g.sum()), "impostor": int(n.sum())}
         for f in fars:
             thr = details[float(f)]["threshold"]
