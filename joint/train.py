@@ -521,7 +521,7 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
           data: Any = None) -> Dict[str, Any]:
     """Train per `cfg`; returns the final evaluation (empty when there is no held-out data).
 
-    `data`: a prebuilt `joint.data.DataBundle` (e.g. shared by the runs of `lh2face study`); by default
+    `data`: a prebuilt `joint.data.DataBundle` (e.g. shared by the runs of `lh2face modes`); by default
     it is built from cfg.data."""
     from .data import ResumableBatchSampler, build_data, collate_samples
     from .losses import joint_loss

@@ -54,9 +54,9 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for name in ("train", "eval", "study"):
+    for name in ("train", "eval", "study", "modes"):
         assert name in text
-    for name in ("train", "eval", "study"):
+    for name in ("train", "eval", "study", "modes"):
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
         assert e.value.code == 0

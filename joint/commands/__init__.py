@@ -11,4 +11,5 @@ COMMANDS = [
     "visualize",
     "landmarks",
     "study",
+    "modes",
 ]
