@@ -12,4 +12,5 @@ COMMANDS = [
     "landmarks",
     "study",
     "modes",
+    "report",
 ]
