@@ -569,6 +569,7 @@ def train(cfg: TrainConfig, out: Optional[str] = None, resume: bool = False, ove
     loader = torch.utils.data.DataLoader(
         data.train, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,  # one worker start per run, not per epoch
     )
     optimizer = build_optimizer(cfg, model)
     s = cfg.schedule
