@@ -39,6 +39,7 @@ from recognition.data.recordio import _first_label
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ATT = SHARED / "att_faces"
 LFW = SHARED / "lfw-dev"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (real photos beside the checkout) absent")
 MAGIC = b"\x0a\x23\xd7\xce"  # 0xced7230a little-endian
 
 
@@ -123,6 +124,7 @@ def test_high_bit_depth_and_two_channel_images(tmp_path: Path):
     torch.testing.assert_close(img_la, torch.full((3, 12, 16), 90 / 255.0))
 
 
+@needs_shared
 def test_att_faces_match_an_independent_pgm_decoder():
     ds = ImageFolderDataset(ATT, image_size=None)
     assert ds.num_classes == 40 and len(ds) == 400
@@ -416,6 +418,7 @@ def test_verification_bin_refuses_malicious_pickles(tmp_path: Path):
 # --------------------------------------------------------------------------------- LFW pairs
 
 
+@needs_shared
 def test_lfw_pairs_with_real_images(tmp_path: Path):
     text = (
         "2\t2\n"

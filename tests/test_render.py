@@ -18,7 +18,7 @@ from recon.render import build_renderer, project_vertices
 from recon.render.rasterize import nearest_triangle, rasterize
 
 IMPLS = ["numba", "torch"]
-ICT_NPZ = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/assets/ict-face/ict_face_region.npz"
+ICT_NPZ = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets/ict-face/ict_face_mesh.npz"  # bundled mesh
 
 
 def _K(f, cx, cy, dtype=torch.float64):
@@ -245,7 +245,6 @@ def _ict_mesh():
     return v, torch.tensor(d["triangles"].astype(np.int64))
 
 
-@pytest.mark.skipif(not ICT_NPZ.exists(), reason="shared ICT asset not present")
 def test_numba_and_vectorised_agree_on_ict():
     v, tris = _ict_mesh()
     b, s = 2, 64
@@ -280,7 +279,6 @@ def test_numba_and_vectorised_agree_on_ict():
     assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.skipif(not ICT_NPZ.exists(), reason="shared ICT asset not present")
 def test_vectorised_rasteriser_chunking_is_exact():
     """The torch (CUDA) rasteriser splits its candidate pixels into chunks: any split gives the
     same ids as one chunk and as the numba kernels."""
@@ -317,7 +315,6 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return Rz @ Ry @ Rx
 
 
-@pytest.mark.skipif(not ICT_NPZ.exists(), reason="shared ICT asset not present")
 def test_round_trip_pose_fit():
     """Render the ICT face at a known pose, start elsewhere, fit the pose by gradient descent on the
     rendered image + soft mask: the known pose comes back."""
@@ -413,7 +410,6 @@ def _forked_mask_sum(_):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-@pytest.mark.skipif(not ICT_NPZ.exists(), reason="shared ICT asset not present")
 def test_cuda_vectorised_matches_numba_on_ict():
     """On a GPU machine: the CUDA path gives the CPU kernels' pixels, values and gradients."""
     v, tris = _ict_mesh()
