@@ -13,6 +13,8 @@ import argparse
 import sys
 import time
 
+from ._common import add_threads_argument, apply_threads
+
 NAME = "export"
 HELP = "export canonical render, 16-bit depth, OBJ/PLY mesh and coefficients per face"
 
@@ -34,18 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="faces rendered per call")
     parser.add_argument("--overwrite", action="store_true", help="replace existing face folders")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; 1 is much faster on a busy machine)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            print("error: --threads must be >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
+    code = apply_threads(args)
+    if code is not None:
+        return code
     from recon.export import ExportExistsError, export_coefficients, export_photos, load_coeffs, \
         synthetic_identities
     from recon.morphable import MorphableModel

@@ -12,6 +12,8 @@ import argparse
 import sys
 import time
 
+from ._common import add_threads_argument, apply_threads
+
 NAME = "synth"
 HELP = "render synthetic 3DMM identities (images + ground-truth coefficients/landmarks) into an ImageFolder"
 
@@ -31,18 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="re-render a folder holding another data set")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; 1 is much faster on a busy machine)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            print("error: --threads must be >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
+    code = apply_threads(args)
+    if code is not None:
+        return code
     from recon.synth import SyntheticFaces, cache_to_folder
 
     backgrounds = None

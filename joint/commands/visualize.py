@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._common import add_threads_argument, apply_threads
+
 NAME = "visualize"
 HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
 
@@ -37,18 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-steps", type=int, default=None, help="photos: fitting iterations per image")
     parser.add_argument("--backend", default="auto", help="renderer backend (auto, torch, pytorch3d)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing pictures")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; 1 is much faster on a busy machine)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            print("error: --threads must be >= 1", file=sys.stderr)
-            return 2
-        torch.set_num_threads(args.threads)
+    code = apply_threads(args)
+    if code is not None:
+        return code
     import torch
 
     from lh2face.io import write_json_atomic
