@@ -420,8 +420,15 @@ def collect(cfg: StudyConfig, out: Path) -> List[Dict[str, Any]]:
     recs = []
     for spec in plan_runs(cfg):
         p = out / "runs" / spec.key / "study_run.json"
-        if p.exists():
-            recs.append(json.loads(p.read_text()))
+        if not p.exists():
+            continue
+        rec = json.loads(p.read_text())
+        e = p.parent / "embeddings.npz"
+        if e.exists():  # metrics from the stored embeddings with this code and the current bins / FARs
+            with np.load(e) as z:
+                rec["metrics"] = pair_metrics(z["emb"], z["i1"], z["i2"], z["same"], cfg.study.fars,
+                                              cfg.study.norm_bins, int(((cfg.train.get("eval") or {}).get("n_folds", 10))))
+        recs.append(rec)
     return recs
 
 
@@ -475,7 +482,7 @@ def markdown(cfg: StudyConfig, rows: List[Dict[str, Any]], plots: Dict[str, str]
         if not sel:
             continue
         lines += [title, "", head.replace("| head |", "| variant |") if group == "ablation" else head, sep]
-        order = {h: i for i, h in enumerate(s.heads + [v.name for v in s.ablation])}
+        order = {h: i for i, h in enumerate(s.heads + ["lh2face (reference: grid run)"] + [v.name for v in s.ablation])}
         sel.sort(key=lambda r: (s.input_modes.index(r["mode"]) if r["mode"] in s.input_modes else 99,
                                 order.get(r["variant"], 99)))
         for r in sel:
@@ -491,10 +498,42 @@ def markdown(cfg: StudyConfig, rows: List[Dict[str, Any]], plots: Dict[str, str]
     return "\n".join(lines)
 
 
+def plot_norm_bins(path: Path, rows: List[Dict[str, Any]], key: str, n_bins: int, title: str) -> None:
+    """TAR per min-norm quantile bin, one line per head (mean over seeds, error bars = std), to a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lh2face.io import write_bytes_atomic
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    k = len(rows)
+    for j, r in enumerate(rows):
+        xs = np.asarray([b["bin"] for b in r["norm_bins"]], dtype=float) + (j - (k - 1) / 2) * 0.06
+        ys = [b[key][0] for b in r["norm_bins"]]
+        es = [b[key][1] for b in r["norm_bins"]]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{r['variant']} ({len(r['seeds'])} seeds)")
+    ax.set_xticks(range(1, n_bins + 1))
+    ax.set_xticklabels([f"{i}" + (" (low)" if i == 1 else " (high)" if i == n_bins else "") for i in range(1, n_bins + 1)])
+    ax.set_xlabel("min(|z1|, |z2|) quantile bin of the pair")
+    ax.set_ylabel(key.replace("tar@far=", "TAR@FAR=") + " (global threshold)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, linestyle=":", linewidth=0.6)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
 def make_plots(cfg: StudyConfig, rows: List[Dict[str, Any]], plots_dir: Path) -> Dict[str, Path]:
     """ROC per head (one figure per input mode; TAR averaged over seeds on a FAR grid) and TAR@bin_far
     per norm bin per head."""
-    from recognition.eval.plots import plot_lines, plot_roc
+    from recognition.eval.plots import plot_roc
 
     s = cfg.study
     made: Dict[str, Path] = {}
@@ -506,18 +545,11 @@ def make_plots(cfg: StudyConfig, rows: List[Dict[str, Any]], plots_dir: Path) ->
         curves = {f"{r['variant']} ({len(r['seeds'])} seeds)": (np.asarray(r["roc"]["far"]), np.asarray(r["roc"]["tar"]))
                   for r in sel}
         p = plots_dir / f"{s.plot_prefix}roc_{mode_tag(mode)}.png"
-        plot_roc(p, curves, title=f"{s.name}: ROC, input {mode} (mean over seeds)", far_range=(1e-4, 1.0),
+        plot_roc(p, curves, title=f"{s.name}, {mode}: ROC (TAR mean over seeds)", far_range=(1e-4, 1.0),
                  marks=(1e-4, 1e-3, 1e-2, 1e-1, 1.0))
         made[f"ROC {mode}"] = p
-        series = {}
-        for r in sel:
-            xs = [b["bin"] for b in r["norm_bins"]]
-            ys = [b[bk][0] for b in r["norm_bins"]]
-            series[r["variant"]] = (xs, ys)
         p = plots_dir / f"{s.plot_prefix}normbins_{mode_tag(mode)}.png"
-        plot_lines(p, series, title=f"{s.name}: TAR@FAR={s.bin_far:.0e} per min-norm quantile bin ({mode})",
-                   xlabel=f"min(|z1|,|z2|) quantile bin (1 = lowest norm, {s.norm_bins} = highest)",
-                   ylabel=f"TAR@FAR={s.bin_far:.0e} (global threshold)")
+        plot_norm_bins(p, sel, bk, s.norm_bins, title=f"{s.name}, {mode}: TAR@FAR={s.bin_far:.0e} per norm bin")
         made[f"norm bins {mode}"] = p
     return made
 
@@ -527,6 +559,14 @@ def report(cfg: StudyConfig, out: Path) -> str:
 
     recs = collect(cfg, out)
     rows = aggregate(recs, cfg.study.fars, cfg.study.norm_bins)
+    # the ablation's reference: the full LH2Face head of the grid, same modes and seeds as the ablation
+    s = cfg.study
+    ab_modes = {v.input_mode for v in s.ablation}
+    ref = [dict(r, group="ablation", variant="lh2face (reference: grid run)") for r in recs
+           if r["group"] == "grid" and r["head"] == "lh2face" and not r["head_options"] and r["mode"] in ab_modes
+           and r["seed"] in s.ablation_seeds]
+    if s.ablation and ref:
+        rows += aggregate(ref, s.fars, s.norm_bins)
     plots_dir = Path(cfg.study.plots_dir) if cfg.study.plots_dir else out / "plots"
     plots: Dict[str, str] = {}
     if rows:
