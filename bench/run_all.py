@@ -38,31 +38,31 @@ sys.path.insert(0, str(ROOT))
 BENCHES: Dict[str, Dict[str, Any]] = {
     "backbones": {
         "script": "bench/bench_backbones.py",
-        "quick": ["--models", "mobilefacenet", "--channels", "3,7", "--batch", "16", "--repeats", "3", "--warmup", "1"],
+        "quick": ["--models", "iresnet50,mobilefacenet", "--channels", "3,7", "--batch", "16", "--repeats", "3", "--warmup", "1"],
         "full": ["--models", "iresnet50,mobilefacenet", "--channels", "3,7", "--batch", "32", "--repeats", "10"],
         "threads_flag": "--threads",
     },
     "heads": {
         "script": "bench/bench_heads.py",
-        "quick": ["--classes", "10000", "100000", "--batch", "64", "--dim", "512", "--repeats", "3", "--warmup", "1"],
+        "quick": ["--classes", "10000", "100000", "--batch", "64", "--dim", "512", "--repeats", "5", "--warmup", "1"],
         "full": ["--classes", "10000", "100000", "--batch", "128", "--dim", "512", "--repeats", "7"],
         "threads_flag": "--threads",
     },
     "render": {
         "script": "bench/bench_render.py",
-        "quick": ["--sizes", "112", "--repeats", "3", "--warmup", "1", "--no-backbone"],
+        "quick": ["--sizes", "112", "224", "--repeats", "5", "--warmup", "1", "--no-backbone"],
         "full": ["--sizes", "112", "224", "--repeats", "10"],
         "threads_flag": "--threads",
     },
     "joint": {
         "script": "bench/bench_joint.py",
-        "quick": ["--size", "64", "--batch", "8", "--repeats", "3"],
+        "quick": ["--size", "112", "--batch", "8", "--repeats", "5"],
         "full": ["--size", "112", "--batch", "16", "--repeats", "5"],
         "threads_flag": "--threads",
     },
     "export": {
         "script": "bench/bench_export.py",
-        "quick": ["--faces", "8", "--batch-size", "8", "--repeats", "3"],
+        "quick": ["--faces", "16", "--batch-size", "16", "--repeats", "5"],
         "full": ["--faces", "32", "--batch-size", "16", "--repeats", "5"],
         "threads_flag": "--threads",
     },
