@@ -477,7 +477,7 @@ def markdown(cfg: StudyConfig, rows: List[Dict[str, Any]], plots: Dict[str, str]
             + f" | low norm TAR | high norm TAR | mean norm |")
     sep = "|" + "---|" * (7 + len(fars))
     bk = f"tar@far={s.bin_far:.0e}"
-    for group, title in (("grid", "## Heads x input modes"), ("ablation", "## LH2Face ablation (fewer seeds)")):
+    for group, title in (("grid", "## Heads x input modes"), ("ablation", "## LH2Face ablation")):
         sel = [r for r in rows if r["group"] == group]
         if not sel:
             continue
