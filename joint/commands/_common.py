@@ -23,3 +23,18 @@ def apply_threads(args: argparse.Namespace) -> Optional[int]:
 
     torch.set_num_threads(args.threads)
     return None
+
+
+USER_ERRORS = (FileExistsError, ValueError, FileNotFoundError, RuntimeError)
+
+
+def user_error(exc: BaseException) -> int:
+    """Print a bad-input error (existing output, bad value, missing file, no landmark detector) and return
+    exit code 2; any other RuntimeError is a bug and is raised again."""
+    if isinstance(exc, RuntimeError):
+        from recon.landmarks import DetectorUnavailable
+
+        if not isinstance(exc, DetectorUnavailable):
+            raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    return 2

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from ._common import add_threads_argument, apply_threads
+from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
 
 NAME = "export"
 HELP = "export canonical render, 16-bit depth, OBJ/PLY mesh and coefficients per face"
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     code = apply_threads(args)
     if code is not None:
         return code
-    from recon.export import ExportExistsError, export_coefficients, export_photos, load_coeffs, \
+    from recon.export import export_coefficients, export_photos, load_coeffs, \
         synthetic_identities
     from recon.morphable import MorphableModel
 
@@ -74,19 +74,8 @@ def run(args: argparse.Namespace) -> int:
         folders = export_coefficients(coeffs, args.out, names=names, overwrite=args.overwrite, model=model,
                                       backend=args.backend, batch_size=args.batch_size, sources=sources,
                                       neutral_mesh=args.neutral_mesh, progress=not args.quiet)
-    except ExportExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # recon.landmarks.DetectorUnavailable: no detector can run here
-        from recon.landmarks import DetectorUnavailable
-
-        if not isinstance(exc, DetectorUnavailable):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     dt = time.perf_counter() - t0
     print(f"exported {len(folders)} face(s) to {args.out} in {dt:.2f} s ({len(folders) / dt:.1f} faces/s)")
     return 0 if folders else 1

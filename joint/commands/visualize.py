@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import add_threads_argument, apply_threads
+from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
 
 NAME = "visualize"
 HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
@@ -114,19 +114,8 @@ def run(args: argparse.Namespace) -> int:
                                 zoom=args.zoom, gif=not args.no_gif, gif_frames=args.frames,
                                 gif_size=args.gif_size, poses=args.poses,
                                 overwrite=args.overwrite, model=model, renderer=renderer)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # recon.landmarks.DetectorUnavailable: no detector can run here
-        from recon.landmarks import DetectorUnavailable
-
-        if not isinstance(exc, DetectorUnavailable):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     if report is not None:
         write_json_atomic(f"{args.out}/report.json", report)
     n = len(names)
