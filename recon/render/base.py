@@ -51,6 +51,22 @@ class Renderer:
 
     name = "base"
 
+    def __init__(
+        self,
+        soft_edges: Optional[float] = None,
+        soft_radius: float = 4.0,
+        cull_backfaces: bool = False,
+        znear: float = 1e-3,
+    ) -> None:
+        """Options every backend shares: soft silhouette sigma (px) and rim radius (in sigmas), back-face
+        culling, and the near plane (cm)."""
+        if soft_edges is not None and not soft_edges > 0:
+            raise ValueError(f"soft_edges must be None or a positive sigma in pixels, got {soft_edges}")
+        self.soft_edges = None if soft_edges is None else float(soft_edges)
+        self.soft_radius = float(soft_radius)
+        self.cull_backfaces = bool(cull_backfaces)
+        self.znear = float(znear)
+
     def __call__(
         self,
         vertices: Tensor,

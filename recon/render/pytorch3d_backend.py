@@ -72,12 +72,7 @@ class PyTorch3DRenderer(Renderer):
         max_faces_per_bin: Optional[int] = None,
     ) -> None:
         self._p3d = _import_pytorch3d()
-        if soft_edges is not None and not soft_edges > 0:
-            raise ValueError(f"soft_edges must be None or a positive sigma in pixels, got {soft_edges}")
-        self.soft_edges = None if soft_edges is None else float(soft_edges)
-        self.soft_radius = float(soft_radius)
-        self.cull_backfaces = bool(cull_backfaces)
-        self.znear = float(znear)
+        super().__init__(soft_edges, soft_radius, cull_backfaces, znear)
         self.faces_per_pixel_soft = int(faces_per_pixel_soft)
         self.bin_size = bin_size
         self.max_faces_per_bin = max_faces_per_bin

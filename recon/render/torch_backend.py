@@ -42,14 +42,9 @@ class TorchRenderer(Renderer):
         znear: float = 1e-3,
         impl: str = "auto",
     ) -> None:
-        if soft_edges is not None and not soft_edges > 0:
-            raise ValueError(f"soft_edges must be None or a positive sigma in pixels, got {soft_edges}")
         if impl not in ("auto", "numba", "torch"):
             raise ValueError(f"impl must be 'auto', 'numba' or 'torch', got {impl!r}")
-        self.soft_edges = None if soft_edges is None else float(soft_edges)
-        self.soft_radius = float(soft_radius)
-        self.cull_backfaces = bool(cull_backfaces)
-        self.znear = float(znear)
+        super().__init__(soft_edges, soft_radius, cull_backfaces, znear)
         self.impl = impl
 
     def render(
