@@ -18,8 +18,6 @@ untimed warm-up round; the stages run round-robin within each repeat so load cha
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -31,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _report import finish  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 STAGES = ("render", "export", "synth")
 
@@ -123,17 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     r = bench(args, device)
-    r.update(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-             device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-             load_average=os.getloadavg())
-    md = markdown(r)
-    print(md)
-    if args.out is not None:
-        from lh2face.io import write_json_atomic, write_text_atomic
-
-        write_json_atomic(args.out, r)
-        write_text_atomic(args.out.with_suffix(".md"), md)
-    return 0
+    return finish(r, device, markdown, args.out)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ median (and minimum) step time and the ratio of medians to fr_only. The first ro
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _report import finish  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 VARIANTS = {
     "fr_only": dict(input_mode="rgb", reco=0.0, canon=0.0, view=0.0),
@@ -148,17 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     r = bench(args, device, args.variants)
-    r.update(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-             device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-             load_average=os.getloadavg())
-    md = markdown(r)
-    print(md)
-    if args.out is not None:
-        from lh2face.io import write_json_atomic, write_text_atomic
-
-        write_json_atomic(args.out, r)
-        write_text_atomic(args.out.with_suffix(".md"), md)
-    return 0
+    return finish(r, device, markdown, args.out)
 
 
 if __name__ == "__main__":
