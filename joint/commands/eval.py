@@ -39,32 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for result.json and roc.png")
 
 
-def load_model(path: str, device: Any = "cpu") -> Tuple[Any, Any, Path]:
-    """(JointModel with trained trunk in eval mode, TrainConfig, checkpoint path) from a run dir or file."""
-    from lh2face.io import CheckpointError, load_checkpoint
-
-    from joint.config import config_from_checkpoint
-    from joint.model import JointModel
-    from joint.train import Checkpointer
-
-    p = Path(path)
-    if p.is_dir():
-        folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-        found = Checkpointer(folder).latest_good()
-        if found is None:
-            raise CheckpointError(f"{p}: no usable checkpoint (ckpt_*.pt) found")
-        step, state = found
-        ckpt = Checkpointer(folder).path(step)
-    else:
-        state, ckpt = load_checkpoint(p), p
-    cfg = config_from_checkpoint(state["config"])
-    model = JointModel.from_config(cfg, int(state["num_classes"]))
-    trunk = {k[len("trunk."):]: v for k, v in state["model"].items() if k.startswith("trunk.")}
-    model.trunk.load_state_dict(trunk)
-    model.to(device).eval()
-    return model, cfg, ckpt
-
-
 def _images_tensor(paths, size: int):
     import torch
 
@@ -84,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         device = pick_device(args.device)
-        model, cfg, ckpt = load_model(args.model, device)
+        from joint.runs import load_run
+
+        model, cfg, ckpt = load_run(args.model, device)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: --model: {exc}", file=sys.stderr)
         return 2
