@@ -438,7 +438,7 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
     report: dict[str, Any] = {"processed": [], "skipped": [], "seconds": {}}
     for res in reconstruct_photos(files, detector=detector, model=model, renderer=renderer, **fit_options):
         path = str(res.path)
-        for k, v in res.seconds.items():
+        for k, v in (getattr(res, "seconds", None) or {}).items():
             report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
         reason = str(res.reason) if not res.ok else ("no coefficients (fitting was off)" if res.coeffs is None else "")
         if reason:

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **opts)
             for res in tqdm(results, total=len(files), unit="photo", desc="reconstruct", dynamic_ncols=True,
                             disable=args.quiet):
-                for k, v in res.seconds.items():
+                for k, v in (getattr(res, "seconds", None) or {}).items():
                     report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
                 reason = str(res.reason) if not res.ok else (
                     "no coefficients (fitting was off)" if res.coeffs is None else "")
