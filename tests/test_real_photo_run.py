@@ -21,19 +21,11 @@ from PIL import Image
 from joint.cli import main
 from lh2face.io import read_image
 
-from test_align_photos import FIXTURES, identity_tree
+from test_align_photos import FIXTURES, identity_tree, one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytest.importorskip("dlib", reason="the dlib landmark backend (dlib-bin) is not installed")
 
 PHOTOS = [FIXTURES / "Hu_Jintao_0001.jpg", FIXTURES / "att_s1_1.pgm"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
