@@ -186,10 +186,15 @@ def _imagefolder(root: str, image_size: int, on_error: str, landmarks: bool = Tr
     if not path.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist")
     try:
-        return ImageFolderDataset(str(path), image_size=image_size, on_error=on_error,
-                                  landmarks="auto" if landmarks else False)
+        ds = ImageFolderDataset(str(path), image_size=image_size, on_error=on_error,
+                                landmarks="auto" if landmarks else False)
     except SidecarError as exc:
         raise ConfigError(str(exc)) from None
+    if landmarks:
+        side = getattr(ds, "sidecar", None)
+        log.info("%s: %s", root, f"68 landmarks per image from its sidecar ({side.size} px aligned crops)" if side
+                 else "no landmark sidecar (align it with `lh2face align` for the landmark term of L_reco)")
+    return ds
 
 
 def split_identities(labels: Sequence[int], n_train: int, n_eval: int) -> Tuple[List[int], List[int], Dict[int, int]]:

@@ -246,6 +246,9 @@ def align_photos(
         report.seconds = time.perf_counter() - t0
         write_json_atomic(out_dir / REPORT_NAME, report.as_dict())
 
+    seen: set = set()
+    sources = [s for s in sources if not (_key(s.path) in seen or seen.add(_key(s.path)))]  # same file twice
+    report.photos = len(sources)
     todo = [s for s in sources if _key(s.path) not in done]
     report.done_before = len(sources) - len(todo)
     bar = tqdm(todo, unit="photo", desc=f"align -> {out_dir}", disable=not progress, dynamic_ncols=True)

@@ -281,3 +281,13 @@ def test_sidecar_wrong_shape_nan_and_image_size_are_errors(aligned, tmp_path):
     (out / "landmarks.npz").write_bytes(b"not an npz")
     with pytest.raises(SidecarError, match="unreadable landmark sidecar"):
         ImageFolderDataset(out, landmarks="auto")
+
+
+def test_the_same_photo_given_twice_is_aligned_once(tmp_path, capsys):
+    person = tmp_path / "in" / "Hu"
+    person.mkdir(parents=True)
+    shutil.copy(FIXTURES / "Hu_Jintao_0001.jpg", person / "a.jpg")
+    assert main(["align", str(tmp_path / "in"), str(person / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "aligned 1 photo(s) into 1 crop(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["photos"] == 1
+    assert crop_files(tmp_path / "o") == ["Hu/a.png"]
