@@ -23,6 +23,7 @@ output name clashes are never fatal: they are listed in report.json with the rea
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,8 @@ def align_photos(
     report.photos = len(sources)
     todo = [s for s in sources if _key(s.path) not in done]
     report.done_before = len(sources) - len(todo)
-    bar = tqdm(todo, unit="photo", desc=f"align -> {out_dir}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(todo, unit="photo", desc=f"align -> {out_dir}", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     failed_run = False
     try:
         for n, src in enumerate(bar):
