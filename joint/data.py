@@ -1,7 +1,8 @@
 """Datasets, identity splits, a resumable (distributed) batch sampler and verification pairs from config.
 
 Every training sample becomes a dict ``{"image": (3,H,W) float [0,1], "label": int, ...}`` (synthetic
-samples also carry ``coeffs`` and ``landmarks``); samples that fail to load are ``None`` and are
+samples also carry ``coeffs`` and ``landmarks``; an ImageFolder aligned by `lh2face align`, i.e. with
+root/landmarks.npz, carries ``landmarks`` (68,2) in pixels of the data.image_size image); samples that fail to load are ``None`` and are
 counted by `collate_samples`, so the training loop can stop past ``data.max_bad_fraction``.
 """
 
@@ -27,7 +28,8 @@ log = logging.getLogger("lh2face.train")
 
 
 class DictSamples(Dataset):
-    """Wraps a dataset of ``(image, label)`` tuples or dicts (or None for a bad sample) into dicts.
+    """Wraps a dataset of ``(image, label)`` / ``(image, label, landmarks)`` tuples or dicts (or None for a
+    bad sample) into dicts.
 
     `indices` selects a subset; `label_map` renumbers labels (e.g. the training identities 0..N-1).
     """
@@ -50,6 +52,8 @@ class DictSamples(Dataset):
         else:
             image, label = item[0], item[1]
             out = {"image": image, "label": label}
+            if len(item) > 2 and item[2] is not None:
+                out["landmarks"] = item[2]
         label = int(out["label"])
         out["label"] = self.label_map[label] if self.label_map is not None else label
         return out
@@ -172,13 +176,25 @@ def dataset_labels(ds: Any) -> List[int]:
     return [int(ds[i][1]) for i in range(len(ds))]  # slow fallback: decodes every sample
 
 
-def _imagefolder(root: str, image_size: int, on_error: str) -> Dataset:
+def _imagefolder(root: str, image_size: int, on_error: str, landmarks: bool = True) -> Dataset:
+    """ImageFolder at `root`; with `landmarks`, an aligned folder's sidecar (root/landmarks.npz) is read
+    and its items carry landmarks; a sidecar that does not match the images is a ConfigError."""
+    from lh2face.landmark_sidecar import SidecarError
     from recognition.data import ImageFolderDataset
 
     path = resolve_path(root)
     if not path.is_dir():
         raise ConfigError(f"data folder '{root}' does not exist")
-    return ImageFolderDataset(str(path), image_size=image_size, on_error=on_error)
+    try:
+        ds = ImageFolderDataset(str(path), image_size=image_size, on_error=on_error,
+                                landmarks="auto" if landmarks else False)
+    except SidecarError as exc:
+        raise ConfigError(str(exc)) from None
+    if landmarks:
+        side = getattr(ds, "sidecar", None)
+        log.info("%s: %s", root, f"68 landmarks per image from its sidecar ({side.size} px aligned crops)" if side
+                 else "no landmark sidecar (align it with `lh2face align` for the landmark term of L_reco)")
+    return ds
 
 
 def split_identities(labels: Sequence[int], n_train: int, n_eval: int) -> Tuple[List[int], List[int], Dict[int, int]]:
@@ -300,7 +316,7 @@ def build_data(cfg: DataConfig, ecfg: EvalConfig, seed: int = 0, need_eval: bool
     bundle = DataBundle(train=train, num_classes=num_classes)
     if need_eval:
         if eval_ds is None and cfg.eval_root:
-            eval_ds = _imagefolder(cfg.eval_root, cfg.image_size, "skip")
+            eval_ds = _imagefolder(cfg.eval_root, cfg.image_size, "skip", landmarks=False)
             eval_idx = list(range(len(eval_ds)))
         if eval_ds is not None:
             imgs, labs, extras = _stack_eval(eval_ds, eval_idx)

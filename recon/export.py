@@ -416,7 +416,9 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
                   backend: str = "auto", progress: bool = True, **fit_options: Any) -> dict:
     """Detect, align and reconstruct each photo (recon.photos.reconstruct_photos), then export a face folder
     per photo that worked (named after the file; aligned.png = the aligned 112x112 input). Writes
-    out_dir/report.json: {"processed": [{path, folder}], "skipped": [{path, reason}]} and returns it.
+    out_dir/report.json: {"processed": [{path, folder}], "skipped": [{path, reason}], "seconds": {detect,
+    regress, fit: totals over the photos}} and returns it. fit_options go to reconstruct_photos (fit_steps,
+    regressor + refine_steps, FitConfig fields).
     Folders are expanded by recon.photos.list_images; clashes are refused up front unless overwrite."""
     from .coeffs import CoeffLayout
     from .morphable import MorphableModel
@@ -433,9 +435,11 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
     model = MorphableModel()
     renderer = build_renderer(backend)
     layout = CoeffLayout.from_model(model)
-    report: dict[str, Any] = {"processed": [], "skipped": []}
+    report: dict[str, Any] = {"processed": [], "skipped": [], "seconds": {}}
     for res in reconstruct_photos(files, detector=detector, model=model, renderer=renderer, **fit_options):
         path = str(res.path)
+        for k, v in (getattr(res, "seconds", None) or {}).items():
+            report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
         reason = str(res.reason) if not res.ok else ("no coefficients (fitting was off)" if res.coeffs is None else "")
         if reason:
             report["skipped"].append({"path": path, "reason": reason})

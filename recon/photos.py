@@ -7,6 +7,10 @@ morphable model to the crop (recon.fitting.fit_image) and measure the landmark N
 inter-ocular distance) of the model before and after fitting. A file that cannot be read, an image
 with no face, or a failing fit gives ok=False with the reason; the batch always goes on.
 
+With `regressor` (e.g. a trained run's coefficient regressor, `lh2face export --model RUN`) the crop
+goes through it once instead of being fitted, and `refine_steps` > 0 runs that many fitting steps
+(the photometric stage of recon.fitting.fit_image, which also keeps the landmark term) from there.
+
 Coefficients describe the face in the aligned crop seen by the canonical-intrinsics camera
 (recon.camera.intrinsics); they are the same whatever `image_size` (the focal scales with the crop).
 """
@@ -97,6 +101,8 @@ def reconstruct_photos(
     renderer: Any = None,
     detector_options: Optional[dict] = None,
     fit_config: Any = None,
+    regressor: Optional[Callable[[Any], Any]] = None,
+    refine_steps: int = 0,
     **fit_options: Any,
 ) -> Iterator[PhotoResult]:
     """Detect, align and fit every photo; yields PhotoResult in file order.
@@ -107,6 +113,9 @@ def reconstruct_photos(
     FitConfig's), 0 = detect and align only (coeffs None, ok True); image_size: side of the aligned
     crop the model is fitted to (112-224); model / renderer: reused across photos (built once when
     None); fit_config / fit_options: recon.fitting.FitConfig and its field overrides.
+    regressor: a callable float images (B,3,S,S) in [0,1] -> coefficients (B,P) (it resizes to its own
+    input size itself); replaces fitting from scratch (fit_steps is then not allowed); refine_steps: N
+    photometric fitting steps starting from the regressor's coefficients (0 = none).
     Building the detector may raise recon.landmarks.DetectorUnavailable (nothing would work);
     per-image problems never raise.
     """
@@ -117,9 +126,15 @@ def reconstruct_photos(
     if not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     files = list_images(paths, missing="keep")
+    if regressor is not None and fit_steps is not None:
+        raise ValueError("fit_steps is for fitting from scratch; with a regressor use refine_steps")
+    if int(refine_steps) < 0 or (refine_steps and regressor is None):
+        raise ValueError(f"refine_steps must be >= 0 and needs a regressor, got {refine_steps!r}")
     det = _resolve_detector(detector, detector_options)
-    do_fit = fit_steps is None or int(fit_steps) > 0
-    if do_fit:
+    do_fit = regressor is None and (fit_steps is None or int(fit_steps) > 0)
+    if regressor is not None and refine_steps:
+        fit_options = {"steps_pose": 0, "steps_shape": 0, **fit_options, "steps_photo": int(refine_steps)}
+    if do_fit or (regressor is not None and refine_steps):
         from .fitting import FitConfig, fit_image
         from .morphable import MorphableModel
         from .render import build_renderer
@@ -163,13 +178,28 @@ def reconstruct_photos(
         res.aligned, res.matrix = align_face(res.image, res.face.landmarks5, size=image_size, return_matrix=True)
         M = np.asarray(res.matrix, dtype=np.float64)
         res.landmarks = (res.face.landmarks68.astype(np.float64) @ M[:, :2].T + M[:, 2]).astype(np.float32)
-        if not do_fit:
+        init = None
+        if regressor is not None:
+            t0 = time.perf_counter()
+            try:
+                init = regress_crop(regressor, res.aligned)
+            except Exception as exc:  # noqa: BLE001
+                res.reason = f"regressor failed: {type(exc).__name__}: {exc}"
+                yield res
+                continue
+            res.seconds["regress"] = time.perf_counter() - t0
+            if not refine_steps:
+                res.coeffs = init[0].numpy().astype(np.float32)
+                res.ok = True
+                yield res
+                continue
+        elif not do_fit:
             res.ok = True
             yield res
             continue
         t0 = time.perf_counter()
         try:
-            fit = fit_image(res.aligned, res.landmarks, model=model, renderer=renderer, config=config)
+            fit = fit_image(res.aligned, res.landmarks, model=model, renderer=renderer, config=config, init=init)
         except Exception as exc:  # noqa: BLE001
             res.reason = f"fit failed: {type(exc).__name__}: {exc}"
             res.seconds["fit"] = time.perf_counter() - t0
@@ -182,6 +212,19 @@ def reconstruct_photos(
         res.nme = {"before": float(fit.nme_before[0]), "after": float(fit.nme_after[0])}
         res.ok = True
         yield res
+
+
+def regress_crop(regressor: Callable[[Any], Any], crop: np.ndarray) -> Any:
+    """One forward pass: uint8 crop (S,S,3) -> coefficients (1,P) float32 tensor on the CPU, no gradients."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div_(255.0)[None]
+    with torch.no_grad():
+        out = regressor(x)
+    out = torch.as_tensor(out).detach().float().cpu()
+    if out.dim() != 2 or out.shape[0] != 1 or not torch.isfinite(out).all():
+        raise ValueError(f"the regressor must return finite (1,P) coefficients, got shape {tuple(out.shape)}")
+    return out
 
 
 def summarize(results: Iterable[PhotoResult]) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ COMMANDS = [
     "export",
     "visualize",
     "landmarks",
+    "align",
     "study",
     "modes",
     "report",

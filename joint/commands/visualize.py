@@ -5,7 +5,8 @@ the 68 landmarks drawn: green = projected from the reconstruction, red = the inp
 turntable GIF per face (yaw -60..60 degrees). --poses adds DIR/poses_<name>.png: the face in three poses
 with its canonical and depth renders (the README pictures). Synthetic faces are shown on their rendered
 input image (ground truth: overlay and landmarks must coincide). Photos are detected, aligned and
-reconstructed first; failures are listed in DIR/report.json. Exit code 0 when at least one face was drawn,
+reconstructed first (fitted, or `--model RUN`: a trained run's regressor, `--refine N` fitting steps from
+there), with a progress bar; failures are listed in DIR/report.json. Exit code 0 when at least one face was drawn,
 1 when none could be, 2 for bad arguments or existing outputs without --overwrite.
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+from ._run_regressor import add_model_arguments, check_model_arguments
 
 NAME = "visualize"
 HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
@@ -37,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poses", action="store_true", help="also write poses_<name>.png (3 poses + canonical + depth)")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "face_alignment"], help="photos: landmarks")
     parser.add_argument("--fit-steps", type=int, default=None, help="photos: fitting iterations per image")
+    add_model_arguments(parser)
     parser.add_argument("--backend", default="auto", help="renderer backend (auto, torch, pytorch3d)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing pictures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(parser)
 
 
@@ -57,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     given = [bool(args.photos), args.coeffs is not None, args.synthetic is not None]
     if sum(given) != 1:
         print("error: give exactly one source: PHOTOS..., --coeffs FILE or --synthetic N", file=sys.stderr)
+        return 2
+    bad = check_model_arguments(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     if args.zoom < 1 or args.frames < 2 or (args.gif_size is not None and args.gif_size < 16):
         print("error: --zoom must be >= 1, --frames >= 2 and --gif-size >= 16", file=sys.stderr)
@@ -90,15 +98,25 @@ def run(args: argparse.Namespace) -> int:
             if not files:
                 print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
                 return 1
+            from tqdm import tqdm
+
             opts = {} if args.fit_steps is None else {"fit_steps": args.fit_steps}
+            if args.model:
+                from ._run_regressor import regressor_from_run
+
+                opts = {"regressor": regressor_from_run(args.model), "refine_steps": args.refine}
             rows, inputs, landmarks, names = [], [], [], []
-            report = {"processed": [], "skipped": []}
-            for res in reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **opts):
+            report = {"processed": [], "skipped": [], "seconds": {}}
+            results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **opts)
+            for res in tqdm(results, total=len(files), unit="photo", desc="reconstruct", dynamic_ncols=True,
+                            disable=args.quiet):
+                for k, v in (getattr(res, "seconds", None) or {}).items():
+                    report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
                 reason = str(res.reason) if not res.ok else (
                     "no coefficients (fitting was off)" if res.coeffs is None else "")
                 if reason:
                     report["skipped"].append({"path": str(res.path), "reason": reason})
-                    print(f"  skipped {res.path}: {reason}", file=sys.stderr)
+                    tqdm.write(f"  skipped {res.path}: {reason}", file=sys.stderr)
                     continue
                 rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))
                 inputs.append(res.aligned)
@@ -119,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     if report is not None:
         write_json_atomic(f"{args.out}/report.json", report)
     n = len(names)
+    dt = time.perf_counter() - t0
     files = [str(p) for ps in paths.values() for p in ps]
-    print(f"{n} face(s) drawn in {time.perf_counter() - t0:.1f} s: " + ", ".join(files[:4]) +
-          (" ..." if len(files) > 4 else ""))
+    print(f"{n} face(s) drawn in {dt:.1f} s: " + ", ".join(files[:4]) + (" ..." if len(files) > 4 else ""))
+    if report is not None:
+        from .export import reconstruction_rate
+
+        print(reconstruction_rate(report["seconds"], n, dt))
     return 0

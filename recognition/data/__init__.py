@@ -4,6 +4,8 @@ Samples are (image float (3, S, S) in [0, 1], label int); with on_error="skip" a
 None (its file is logged by logger "recognition.data") and `collate_skip_none` drops it from the batch.
 """
 
+from lh2face.landmark_sidecar import LandmarkSidecar, SidecarError, load_sidecar
+
 from .image_folder import IMAGE_EXTENSIONS, ImageFolderDataset, ImageListDataset
 from .lfw import LFWPairs, lfw_image_path, read_lfw_pairs
 from .recordio import (
@@ -30,6 +32,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "ImageListDataset",
+    "LandmarkSidecar",
+    "SidecarError",
+    "load_sidecar",
     "LFWPairs",
     "lfw_image_path",
     "read_lfw_pairs",
