@@ -13,4 +13,6 @@ COMMANDS = [
     "study",
     "modes",
     "report",
+    "embed",
+    "export_onnx",
 ]
