@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lh2face.io import _current_umask
 
 OUTPUT_NAMES = ("embedding", "embedding_normalized")
 EXPORTERS = ("torchscript", "dynamo")
@@ -104,6 +108,25 @@ class ExportReport:
     max_abs_diff: Dict[str, float] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence stdout and stderr at the file-descriptor level (the exporters print from C++ too)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def _export_module(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Path, in_names: Sequence[str],
                    out_names: Sequence[str], exporter: str, opset: Optional[int]) -> None:
     """torch.onnx.export of `module` on example `args` to `path`, batch axis (0) dynamic on every I/O."""
@@ -114,15 +137,27 @@ def _export_module(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Path
         batch = torch.export.Dim("batch")
         specs = tuple({0: batch} for _ in args)
         kwargs["dynamic_shapes"] = (specs,) if isinstance(module, RecognitionGraph) else specs  # *inputs
+        kwargs["external_data"] = False  # one self-contained file (weights inside; fine below 2 GB)
     else:
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in list(in_names) + list(out_names)}
     if opset is not None:
         kwargs["opset_version"] = int(opset)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        # the TorchScript exporter warns that it is deprecated and that the backbone's shape check is
-        # traced as a constant (it is: channels and size are fixed, only the batch axis varies)
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=(exporter == "dynamo"), **kwargs)
+    disabled = logging.root.manager.disable
+    try:
+        with warnings.catch_warnings(), _quiet_fds():
+            # the TorchScript exporter warns that it is deprecated and that the backbone's shape check is
+            # traced as a constant (it is: channels and size are fixed, only the batch axis varies), and
+            # prints its whole graph on failure; the dynamo one prints its stages and its optimiser's steps
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)
+            torch.onnx.export(module, args, str(path), dynamo=(exporter == "dynamo"), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - report which network and which exporter failed
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        first = (str(exc).strip().splitlines() or [""])[0].split(" [Caused by")[0][:300]
+        raise RuntimeError(f"torch.onnx.export ({exporter} exporter) failed for the {type(module).__name__}: "
+                           f"{type(exc).__name__}: {first}; try --exporter {other}") from exc
+    finally:
+        logging.disable(disabled)
 
 
 def _add_metadata(onnx: Any, path: Path, metadata: Dict[str, str]) -> None:
@@ -159,8 +194,9 @@ def _staged(target: Path):
     try:
         yield Path(tmp)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".data"):  # .data: external weights, should an exporter write them
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 def _check_out(path: Path, overwrite: bool) -> None:
@@ -243,7 +279,9 @@ def export_onnx(model: Any, cfg: Any, out: Union[str, Path], exporter: str = "to
             if bad:
                 raise RuntimeError(f"ONNX export check failed: max |onnxruntime - torch| {bad} > {tolerance}; "
                                    f"nothing written (try the other --exporter)")
+        mode = 0o666 & ~_current_umask()  # mkstemp made the files 0600; give them the usual mode
         for tmp, target in staged:
+            os.chmod(tmp, mode)
             os.replace(tmp, target)
     return report
 
