@@ -15,23 +15,11 @@ import torch
 from PIL import Image
 
 from joint.cli import main
+from test_cli import _faces as make_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "fixtures" / "photos"
 SIZE = 48
-
-
-def make_faces(root: Path, n_ids: int = 5, per_id: int = 3, size: int = SIZE, seed: int = 0) -> Path:
-    """A tiny ImageFolder of noisy per-identity patterns (size x size PNG)."""
-    rng = np.random.default_rng(seed)
-    for i in range(n_ids):
-        base = rng.uniform(0, 255, (size, size, 3))
-        d = root / f"p{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_id):
-            img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{k}.png")
-    return root
 
 
 def train_tiny(tmp: Path, mode: str = "rgb") -> Path:
@@ -41,7 +29,7 @@ def train_tiny(tmp: Path, mode: str = "rgb") -> Path:
 
     faces = tmp / "faces"
     if not faces.is_dir():
-        make_faces(faces)
+        make_faces(faces, 5, 3, size=SIZE)
     cfg = load_train_config(None, [
         f"data.root={faces}", "data.train_identities=3", f"data.image_size={SIZE}", "model.embedding_size=64",
         "model.backbone=mobilefacenet", f"model.input_mode={mode}", "model.head=arcface", "schedule.steps=3",
