@@ -152,6 +152,13 @@ def test_refusals_and_missing_extra(exported, tmp_path, capsys, monkeypatch):
     before = out.read_bytes()
     assert main(["export-onnx", "--model", str(run), "--out", str(out), "--exporter", "torchscript"]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    import joint.onnx_export as ox
+
+    real_run = ox.run_onnx
+    monkeypatch.setattr(ox, "run_onnx", lambda path, feeds: {k: v + 0.1 for k, v in real_run(path, feeds).items()})
+    assert main(["export-onnx", "--model", str(run), "--out", str(tmp_path / "off.onnx"), "--exporter",
+                 "torchscript"]) == 1  # a graph that disagrees with torch is never written
+    assert "check failed" in capsys.readouterr().err and not (tmp_path / "off.onnx").exists()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the optional extra were not installed
     assert main(["export-onnx", "--model", str(run), "--out", str(tmp_path / "no.onnx")]) == 2
     err = capsys.readouterr().err

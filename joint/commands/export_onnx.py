@@ -19,8 +19,9 @@ files is NOT in ONNX (it rasterises the 3D face model); with lh2face installed a
 backbone is exported: tracing the whole joint model would freeze the rendered channels of the example
 input into the graph as constants.
 
-Each file is checked with onnxruntime against PyTorch (max abs difference <= --tolerance) before it is
-renamed into place. Needs onnx, onnxruntime and onnxscript: pip install 'lh2face[onnx]'.
+Each file is checked with onnxruntime against PyTorch on a random batch (max abs difference <=
+--tolerance times max(1, max |output|)) before it is renamed into place; a failed check writes nothing.
+Needs onnx, onnxruntime and onnxscript: pip install 'lh2face[onnx]'.
 Exit codes: 0 written, 2 bad arguments / model / existing output / missing packages, 1 check failed.
 """
 
@@ -44,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.onnx exporter: dynamo (default; needs onnxscript) or the legacy torchscript one")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max abs difference onnxruntime vs torch accepted by the check (default 1e-4)")
+                        help="max abs difference onnxruntime vs torch accepted by the check, times max(1, max |output|) "
+                             "(default 1e-4)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_threads_argument(parser)
@@ -58,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     from joint.onnx_export import OnnxUnavailable, export_onnx, require_onnx
 
+    if not args.tolerance >= 0:
+        print(f"error: --tolerance must be >= 0, got {args.tolerance}", file=sys.stderr)
+        return 2
+
     try:
         require_onnx(args.exporter)
     except OnnxUnavailable as exc:
@@ -66,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         from joint.runs import load_run
 
-        model, cfg, ckpt = load_run(args.model, "cpu")
+        model, _, ckpt = load_run(args.model, "cpu")
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: --model: {exc}", file=sys.stderr)
         return 2
     try:
-        report = export_onnx(model, cfg, args.out, exporter=args.exporter, opset=args.opset,
+        report = export_onnx(model, args.out, exporter=args.exporter, opset=args.opset,
                              check=not args.no_check, overwrite=args.overwrite, tolerance=args.tolerance,
                              source=str(ckpt))
     except FileExistsError as exc:
@@ -89,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {report.regressor_path}: inputs {shapes(report.regressor_inputs)} -> coeffs; render "
               "canonical + depth from coeffs with joint.onnx_export.canonical_from_coeffs (not in ONNX)")
     if report.max_abs_diff:
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in report.max_abs_diff.items())
+        diffs = ", ".join(f"{k} {v:.2e} (|output| <= {report.scale[k]:.3g})" for k, v in report.max_abs_diff.items())
         print(f"check: max |onnxruntime - torch| on a random batch: {diffs} (tolerance {args.tolerance:g})")
     return 0
