@@ -140,7 +140,8 @@ def init_from(model: Any, path: Union[str, Path]) -> InitReport:
     """Load weights from `path` into `model` (a joint.JointModel) in place; returns the InitReport.
 
     Logs the summary line (INFO) and one line per missing / unexpected / mismatched key (INFO, so it
-    lands in train.log). Raises InitError when the file is missing or unreadable or no tensor matches.
+    lands in train.log). Raises InitError when the file is missing or unreadable, no tensor matches, or
+    the source has backbone tensors and none of them fits (a different architecture).
     """
     from recognition.backbones import load_pretrained
 
@@ -166,6 +167,10 @@ def init_from(model: Any, path: Union[str, Path]) -> InitReport:
         raise InitError(f"model.init_from: no tensor of '{path}' fits the model ({len(state)} keys, e.g. {sample}; "
                         f"{len(report.mismatched)} with other shapes); is it a {model.backbone.__class__.__name__} "
                         "backbone or a run of this project with the same backbone?")
+    if any(k.startswith("backbone.") for k in state) and not any(k.startswith("backbone.") for k in load):
+        raise InitError(f"model.init_from: none of the {sum(k.startswith('backbone.') for k in state)} backbone "
+                        f"tensors of '{path}' fits the model's {model.backbone.__class__.__name__} backbone "
+                        "(another architecture?); nothing was loaded")
     backbone_part = {_strip("backbone.", k): v for k, v in load.items() if k.startswith("backbone.")}
     rest = {k: v for k, v in load.items() if not k.startswith("backbone.")}
     if backbone_part:

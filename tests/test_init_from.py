@@ -178,6 +178,12 @@ def test_mismatches_are_reported_and_bad_sources_refused(tmp_path):
     torch.save({"encoder.weight": torch.zeros(3, 3)}, other)
     with pytest.raises(InitError, match="no tensor"):
         init_from(model, other)
+    seven_model = _model("rgb+canonical+depth", seed=6)
+    other_arch = tmp_path / "other_arch.pth"  # the regressor fits, the backbone (another architecture) does not
+    torch.save({**{f"trunk.regressor.{k}": v for k, v in seven.regressor.state_dict().items()},
+                "trunk.backbone.stem.weight": torch.zeros(8, 7, 3, 3)}, other_arch)
+    with pytest.raises(InitError, match="none of the 1 backbone tensors"):
+        init_from(seven_model, other_arch)
     notdict = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], notdict)
     with pytest.raises(InitError, match="not a state dict"):
