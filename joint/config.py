@@ -52,6 +52,9 @@ class ModelConfig:
     head_options: Dict[str, Any] = field(default_factory=dict)
     input_mode: Literal["rgb", "rgb+canonical", "rgb+depth", "rgb+canonical+depth"] = "rgb"
     sharded_sample_rate: float = 1.0  # Partial-FC negative proxy sampling rate (world > 1)
+    # Start from these weights (joint.init.init_from): a run folder / lh2face checkpoint, or an insightface-
+    # style IResNet state dict (.pth); a 3-channel stem is widened to the input mode's channels. None = scratch.
+    init_from: Optional[str] = None
 
 
 @dataclass

@@ -14,4 +14,6 @@ COMMANDS = [
     "study",
     "modes",
     "report",
+    "embed",
+    "export_onnx",
 ]
