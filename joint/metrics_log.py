@@ -130,7 +130,7 @@ class StepLine:
         values["img_per_s"] = self.images / max(now - self.t_last, 1e-9)
         values["eta_s"] = (now - self.t0) / max(1, step - self.start) * (self.total - step)
         self.t_last, self.images = now, 0
-        names = ["loss"] + [k for k in values if k.startswith(("l_", "fr/", "reco/"))]
+        names = ["loss"] + [k for k in values if k.startswith(("l_", "fr/l_", "reco/"))]
         terms = " ".join(f"{k} {values[k]:.4g}" for k in names if k in values)
         log.info("step %d/%d | %s | lr %.3g | %.1f img/s | ETA %s", step, self.total, terms,
                  values.get("lr", float("nan")), values["img_per_s"], _duration(values["eta_s"]),

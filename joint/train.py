@@ -205,9 +205,8 @@ def _announce(run: Run) -> None:
              held, cfg.model.backbone, n_trunk / 1e6, cfg.model.input_mode, cfg.data.image_size, cfg.model.head,
              data.num_classes, cfg.model.embedding_size, f", sharded over {run.world} ranks" if run.world > 1 else "",
              run.device, run.world, s.steps, s.batch_size, f" (resuming at {run.start})" if run.start else "")
-    log.info("eval targets: %s (every %s, best = highest accuracy)",
-             ", ".join(t.name for t in run.targets) or "none",
-             f"{s.eval_every} steps and at the end" if s.eval_every > 0 else "run end only")
+    log.info("eval targets: %s (%s; best = highest accuracy)", ", ".join(t.name for t in run.targets) or "none",
+             f"every {s.eval_every} steps and at the end" if s.eval_every > 0 else "at the end only")
     log.info("memory estimate per process: trunk %s (+%s grads/optimizer), head proxies %s (+%s), "
              "activations %s, total ~%s", *[rs.fmt_bytes(est[k]) for k in (
                  "trunk_params", "trunk_grads_optimizer", "head_proxies_per_rank", "head_grads_optimizer",
