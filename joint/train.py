@@ -31,7 +31,7 @@ from lh2face.io import save_checkpoint, write_json_atomic, write_text_atomic
 from . import run_state as rs
 from .checkpoints import Checkpointer, find_resume, restore
 from .config import TrainConfig, config_to_yaml
-from .errors import DataFaultError, NonFiniteLossError, TrainingError
+from .errors import DataFaultError, NonFiniteLossError
 from .evaluation import BestValues, EvalTarget, build_targets, check_targets, evaluate_target, format_result
 from .metrics_log import MetricsLog, StepLine, plot_losses
 from .run_folder import check_out, prepare_out, setup_logging

@@ -175,8 +175,6 @@ def test_eval_errors(trained_run, tmp_path, capsys):
 def test_train_nproc_spawns_torchrun(monkeypatch, tmp_path):
     import subprocess as sp
 
-    from joint import train as jt
-
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"root": str(ROOT / "assets" / "att_faces")}}))
     seen = {}

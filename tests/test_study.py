@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from lh2face.config import ConfigError
 from joint import study

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
 
 NAME = "eval"
 HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs, or IJB-B/C"
