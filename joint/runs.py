@@ -19,7 +19,7 @@ def load_run(path: str, device: Any = "cpu") -> Tuple[Any, Any, Path]:
 
     from joint.config import config_from_checkpoint
     from joint.model import JointModel
-    from joint.train import Checkpointer
+    from joint.checkpoints import Checkpointer
 
     p = Path(path)
     if not p.exists():
