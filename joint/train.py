@@ -101,9 +101,10 @@ def setup(cfg: TrainConfig, out: Optional[str], resume: bool, overwrite: bool, d
     """Processes and run folder, data, model, optimiser, resume, DDP wrapper, the run summary."""
     run = _start_process(cfg, out, resume, overwrite)
     _build(run, data)
-    # ---- model.init_from: the lead wires joint.init.init_from(run.model, cfg.model.init_from) here
-    # (after the model is built and moved to the device, before the optimiser state / resume):
-    #     if cfg.model.init_from and not resume: log.info("%s", init_from(run.model, cfg.model.init_from))
+    if cfg.model.init_from:  # pretrained weights; a resumed checkpoint below overrides them
+        from .init import init_from
+
+        init_from(run.model, cfg.model.init_from)
     run.optimizer = rs.build_optimizer(cfg, run.model)
     run.scheduler = rs.build_scheduler(cfg, run.optimizer)
     run.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.precision == "fp16" and run.device.type == "cuda")

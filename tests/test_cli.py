@@ -77,8 +77,9 @@ def test_every_listed_command_follows_the_pattern():
     from joint.commands import COMMANDS
 
     mods, errors = load_commands()
-    assert not errors and sorted(mods) == sorted(COMMANDS)
+    assert not errors and sorted(m.__name__.rsplit(".", 1)[1] for m in mods.values()) == sorted(COMMANDS)
     for mod in mods.values():
+        assert mod.NAME == mod.__name__.rsplit(".", 1)[1].replace("_", "-")  # module export_onnx -> export-onnx
         assert isinstance(mod.NAME, str) and isinstance(mod.HELP, str) and callable(mod.add_arguments)
         assert callable(mod.run) and not hasattr(mod, "main")
 

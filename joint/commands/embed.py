@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
         return 2
     try:
-        from joint.train import pick_device
+        from joint.run_state import pick_device
         from joint.runs import load_run
 
         device = pick_device(args.device)
