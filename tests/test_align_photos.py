@@ -21,36 +21,13 @@ from lh2face.align import ARCFACE_TEMPLATE, warp_affine
 from lh2face.io import read_image
 from lh2face.landmark_sidecar import SidecarError, load_sidecar
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "photos"
+from helpers import PHOTOS, identity_tree
+
 LFW_DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw-dev"
 
 pytest.importorskip("dlib", reason="the dlib landmark backend (dlib-bin) is not installed")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def identity_tree(root: Path, bad: bool = True) -> Path:
-    """root/<person>/{<photo>, <photo>_mirror}.png for every fixture photo (2 photos per person), plus a
-    corrupt file and a flat grey (no face) image in the first person's folder when `bad`."""
-    for src in sorted(FIXTURES.iterdir()):
-        if src.suffix.lower() not in (".jpg", ".pgm"):
-            continue
-        person = root / src.stem.rsplit("_", 1)[0]
-        person.mkdir(parents=True, exist_ok=True)
-        img = Image.open(src).convert("RGB")
-        img.save(person / f"{src.stem}.png")
-        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(person / f"{src.stem}_mirror.png")
-    if bad:
-        first = sorted(p for p in root.iterdir() if p.is_dir())[0]
-        (first / "corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not a JPEG")
-        Image.new("RGB", (120, 120), (128, 128, 128)).save(first / "grey.png")
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +109,8 @@ def test_rerun_skips_done_photos_and_resumes_a_lost_row(aligned, tmp_path, capsy
 
 
 def test_faces_all_names_every_face(tmp_path):
-    a = Image.open(FIXTURES / "Hu_Jintao_0001.jpg").convert("RGB")
-    b = Image.open(FIXTURES / "Condoleezza_Rice_0001.jpg").convert("RGB").resize((200, 200))
+    a = Image.open(PHOTOS / "Hu_Jintao_0001.jpg").convert("RGB")
+    b = Image.open(PHOTOS / "Condoleezza_Rice_0001.jpg").convert("RGB").resize((200, 200))
     two = Image.new("RGB", (460, 260), (40, 40, 40))
     two.paste(a, (0, 0))
     two.paste(b, (255, 30))
@@ -164,7 +141,7 @@ def test_landmark_cache_gives_the_same_crops(aligned, tmp_path, capsys):
     # a photo that the cache does not hold is reported, not detected
     extra = tmp_path / "extra" / "someone"
     extra.mkdir(parents=True)
-    shutil.copy(FIXTURES / "Hu_Jintao_0001.jpg", extra / "x.jpg")
+    shutil.copy(PHOTOS / "Hu_Jintao_0001.jpg", extra / "x.jpg")
     assert main(["align", str(extra), "--landmarks", str(cache), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
     assert "not in the landmark cache" in json.loads((tmp_path / "o2" / "report.json").read_text())["failed"][0]["reason"]
 
@@ -286,7 +263,7 @@ def test_sidecar_wrong_shape_nan_and_image_size_are_errors(aligned, tmp_path):
 def test_the_same_photo_given_twice_is_aligned_once(tmp_path, capsys):
     person = tmp_path / "in" / "Hu"
     person.mkdir(parents=True)
-    shutil.copy(FIXTURES / "Hu_Jintao_0001.jpg", person / "a.jpg")
+    shutil.copy(PHOTOS / "Hu_Jintao_0001.jpg", person / "a.jpg")
     assert main(["align", str(tmp_path / "in"), str(person / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert "aligned 1 photo(s) into 1 crop(s)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "report.json").read_text())["photos"] == 1
