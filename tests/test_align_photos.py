@@ -71,11 +71,12 @@ def test_crop_is_the_source_warped_by_the_stored_matrix(aligned):
 
 
 def test_stored_landmarks_agree_with_detection_on_the_crop_and_the_template(aligned):
-    from recon.landmarks import build_detector, inter_ocular
+    from recon.detect_align import LazyDetector
+    from recon.landmarks import inter_ocular
 
     _, out = aligned
     side = load_sidecar(out / "landmarks.npz")
-    det = build_detector("dlib")
+    det = LazyDetector("dlib").get()  # the process's dlib detector (loaded once)
     errs, tmpl = [], []
     for name, row in side.rows.items():
         faces = det(read_image(out / name))
@@ -268,3 +269,21 @@ def test_the_same_photo_given_twice_is_aligned_once(tmp_path, capsys):
     assert "aligned 1 photo(s) into 1 crop(s)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "report.json").read_text())["photos"] == 1
     assert crop_files(tmp_path / "o") == ["Hu/a.png"]
+
+
+def test_align_embed_and_photos_share_one_detection_path(aligned, tmp_path):
+    """The crop `lh2face align` wrote, the crop recon.photos (export / visualize) makes and the crop
+    `lh2face embed` embeds for the same raw photo are the same pixels; the dlib model is loaded once."""
+    from joint.embed import PhotoLoader
+    from recon.detect_align import LazyDetector
+    from recon.photos import reconstruct_photos
+
+    src, out = aligned
+    photo = src / "Hu_Jintao" / "Hu_Jintao_0001.png"
+    written = read_image(out / "Hu_Jintao" / "Hu_Jintao_0001.png")
+    res = next(reconstruct_photos([photo], fit_steps=0))
+    assert np.array_equal(res.aligned, written)
+    loader = PhotoLoader(112, aligned=False)
+    from_embed = loader(photo)
+    assert torch.equal(from_embed, torch.from_numpy(written).permute(2, 0, 1).float() / 255.0)
+    assert loader.detector.get() is LazyDetector("dlib").get()  # built once per process
