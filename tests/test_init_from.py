@@ -3,7 +3,6 @@ dict with the 3-channel stem widened to 7 channels (recognition.backbones.load_p
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List
 
 import pytest

@@ -14,7 +14,7 @@ import pytest
 from lh2face.align import ARCFACE_TEMPLATE
 from lh2face.io import read_image, save_image
 from recon.landmarks import Face
-from recon.photos import PhotoResult, list_images, reconstruct_photos, summarize
+from recon.photos import list_images, reconstruct_photos, summarize
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Tuple
 
 from ._run_regressor import add_run_argument, load_run_argument
 
