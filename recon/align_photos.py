@@ -2,7 +2,8 @@
 
 `align_photos(photos, out_dir, ...)` detects faces and their 68 iBUG landmarks (recon.landmarks, or an
 existing `lh2face landmarks` cache), takes the 5 alignment points, warps each face to the ArcFace template
-scaled to `size` (lh2face.align) and writes
+scaled to `size` (recon.detect_align.detect_and_align: the same steps as `lh2face embed` on raw photos and
+export / visualize on photos) and writes
 
   out_dir/<identity>/<stem>.png       one PNG crop per photo (faces="largest"), written atomically;
   out_dir/<identity>/<stem>_<k>.png   faces="all": face k of the photo (k = 0 the largest);
