@@ -287,3 +287,36 @@ def test_align_embed_and_photos_share_one_detection_path(aligned, tmp_path):
     from_embed = loader(photo)
     assert torch.equal(from_embed, torch.from_numpy(written).permute(2, 0, 1).float() / 255.0)
     assert loader.detector.get() is LazyDetector("dlib").get()  # built once per process
+
+
+def test_detect_and_align_orders_faces_and_names_each_failure(tmp_path):
+    """recon.detect_align: faces largest first (ties keep the detector's order), and the reasons the batch
+    commands list; a detector that cannot run at all is not a per-photo failure."""
+    from recon.detect_align import (DetectorFailed, LazyDetector, NoFaceError, UnreadablePhoto, detect_and_align,
+                                    read_photo)
+    from recon.landmarks import DetectorUnavailable, Face
+
+    image = read_photo(PHOTOS / "Hu_Jintao_0001.jpg")
+    real = LazyDetector("dlib").get()(image)[0]
+    small = Face(box=[10, 10, 30, 30], score=2.0, landmarks68=real.landmarks68 * 0.2 + 10)
+    twin = Face(box=real.box, score=0.5, landmarks68=real.landmarks68 + 1.0)  # same area, detected later
+    got = detect_and_align(image, lambda im: [small, real, twin], size=96, faces="all")
+    assert got.num_detected == 3 and [a.face for a in got.faces] == [real, twin, small]
+    assert all(a.crop.shape == (96, 96, 3) and a.landmarks68.shape == (68, 2) for a in got.faces)
+    one = detect_and_align(image, lambda im: [small, real, twin], size=96)
+    assert [a.face for a in one.faces] == [real] and np.array_equal(one.faces[0].crop, got.faces[0].crop)
+    with pytest.raises(NoFaceError, match="^no face found$"):
+        detect_and_align(image, lambda im: [])
+
+    def crash(im):
+        raise RuntimeError("crashed")
+
+    def missing(im):
+        raise DetectorUnavailable("install dlib-bin")
+
+    with pytest.raises(DetectorFailed, match="^detector failed: RuntimeError: crashed$"):
+        detect_and_align(image, crash)
+    with pytest.raises(DetectorUnavailable):
+        detect_and_align(image, missing)
+    with pytest.raises(UnreadablePhoto, match="^unreadable: .*nope.jpg"):
+        read_photo(tmp_path / "nope.jpg")
