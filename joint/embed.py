@@ -9,7 +9,8 @@ order; photos that cannot be used (unreadable, no face, detector error) are list
 and never stop the batch.
 
 Aligned or raw: ``aligned=True`` takes every image as an aligned crop; ``False`` sends every image
-through detection + 5-point alignment to the ArcFace template (`align_raw_photo`); ``None`` (auto)
+through detection + 5-point alignment to the 112x112 ArcFace template (recon.detect_align.detect_and_align,
+the same code as `lh2face align` and the photo paths of export / visualize); ``None`` (auto)
 takes square images of side 112 or S as aligned crops and everything else as raw photos.
 """
 
@@ -28,10 +29,6 @@ from lh2face.io import PathLike
 log = logging.getLogger("lh2face.embed")
 
 ALIGNED_SIZE = 112  # side of the ArcFace-template crop
-
-
-class NoFaceError(ValueError):
-    """A photo in which the detector found no face."""
 
 
 class NoUsablePhotos(ValueError):
@@ -57,21 +54,6 @@ class EmbedResult:
     flip: bool = False
 
 
-def align_raw_photo(image: np.ndarray, detector: Callable[[np.ndarray], Sequence[Any]]) -> np.ndarray:
-    """Detect the largest face of a photo uint8 (H,W,3) and align it to the 112x112 ArcFace template.
-
-    The same steps as recon.photos (largest detected face, its 5 points, lh2face.align.align_face).
-    Returns uint8 (112,112,3); raises NoFaceError when the detector finds no face.
-    """
-    from lh2face.align import align_face
-    from recon.landmarks.cache import largest_face
-
-    face = largest_face(detector(image))
-    if face is None:
-        raise NoFaceError("no face found")
-    return align_face(image, face.landmarks5, size=ALIGNED_SIZE)
-
-
 def is_aligned_crop(image: np.ndarray, image_size: int) -> bool:
     """Auto mode's rule: a square image of side 112 (ArcFace crop) or of the model's input size."""
     h, w = image.shape[:2]
@@ -87,41 +69,20 @@ class PhotoLoader:
 
     def __init__(self, image_size: int, aligned: Optional[bool] = None,
                  detector: Union[str, Callable[[np.ndarray], Sequence[Any]]] = "dlib") -> None:
+        from recon.detect_align import LazyDetector
+
         self.image_size = int(image_size)
         self.aligned = aligned
-        self._detector_spec = detector
-        self._detector: Optional[Callable[[np.ndarray], Sequence[Any]]] = None
-
-    def detector(self) -> Callable[[np.ndarray], Sequence[Any]]:
-        if self._detector is None:
-            spec = self._detector_spec
-            if callable(spec):
-                self._detector = spec
-            else:
-                from recon.landmarks import build_detector
-
-                self._detector = build_detector(spec)
-        return self._detector
+        self.detector = LazyDetector(detector)
 
     def __call__(self, path: PathLike) -> torch.Tensor:
-        from lh2face.io import ImageReadError, read_image
         from recognition.data.transforms import resize_uint8, to_tensor
+        from recon.detect_align import detect_and_align, read_photo
 
-        try:
-            image = read_image(path)
-        except ImageReadError as exc:
-            raise ValueError(f"unreadable: {exc}") from None
-        except OSError as exc:
-            raise ValueError(f"unreadable: {path}: {exc}") from None
+        image = read_photo(path)  # UnreadablePhoto is a ValueError
         aligned = self.aligned if self.aligned is not None else is_aligned_crop(image, self.image_size)
-        if not aligned:
-            detector = self.detector()  # outside the try: a missing detector stops the whole run
-            try:
-                image = align_raw_photo(image, detector)
-            except NoFaceError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the batch
-                raise ValueError(f"detector failed: {type(exc).__name__}: {exc}") from None
+        if not aligned:  # NoFaceError / DetectorFailed are ValueErrors; DetectorUnavailable stops the run
+            image = detect_and_align(image, self.detector, size=ALIGNED_SIZE).faces[0].crop
         return to_tensor(resize_uint8(image, self.image_size))
 
 
@@ -159,7 +120,7 @@ def embed_photos(model: Any, paths: Iterable[PathLike], image_size: int, aligned
             try:
                 pending.append(loader(path))
                 kept.append(path)
-            except ValueError as exc:  # NoFaceError is one
+            except ValueError as exc:  # recon.detect_align.PhotoError (unreadable, no face, ...) is one
                 failed.append((path, str(exc)))
                 log.debug("skipping %s: %s", path, exc)
             if len(pending) >= batch_size:

@@ -2,12 +2,11 @@
 
 The reference embeddings are computed here from independently decoded pixels (PIL) through the model's
 own forward pass; the raw-photo path is checked against the aligned crops recon.photos produces.
-`train_tiny` is shared with tests/test_onnx.py and tests/test_init_from.py.
+The tiny trained runs come from tests/conftest.py (one per session, shared with test_onnx / test_init_from).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,66 +14,15 @@ import torch
 from PIL import Image
 
 from joint.cli import main
-from test_cli import _faces as make_faces
+from helpers import PHOTOS, SIZE, pixels
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT / "tests" / "fixtures" / "photos"
-SIZE = 48
-
-
-def train_tiny(tmp: Path, mode: str = "rgb") -> Path:
-    """Train a 3-step mobilefacenet (d=64, 48 px, batch 8) run with `mode` inputs; returns the run folder."""
-    from joint.config import load_train_config
-    from joint.train import train
-
-    faces = tmp / "faces"
-    if not faces.is_dir():
-        make_faces(faces, 5, 3, size=SIZE)
-    cfg = load_train_config(None, [
-        f"data.root={faces}", "data.train_identities=3", f"data.image_size={SIZE}", "model.embedding_size=64",
-        "model.backbone=mobilefacenet", f"model.input_mode={mode}", "model.head=arcface", "schedule.steps=3",
-        "schedule.batch_size=8", "schedule.warmup_steps=1", "schedule.checkpoint_every=0", "eval.n_folds=2",
-        "run.progress=false", "run.tensorboard=false", "run.plots=false", "run.threads=1", "run.device=cpu",
-    ])
-    out = tmp / f"run_{mode.replace('+', '_')}"
-    train(cfg, out=str(out))
-    _recalibrate_bn(out, sorted(faces.rglob("*.png")))
-    return out
-
-
-def _recalibrate_bn(run: Path, files) -> None:
-    """After 3 steps the BatchNorm running statistics have seen little data and every face gets nearly the
-    same embedding (spread ~1e-5), too flat to tell a wrong image order from numerical noise. Recompute
-    them as exact averages over the faces (momentum None) and store them back in the checkpoint."""
-    from lh2face.io import load_checkpoint, save_checkpoint
-
-    from joint.runs import load_run
-
-    model, _, ckpt = load_run(str(run))
-    for m in model.trunk.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.trunk.train()
-    with torch.no_grad():
-        model.trunk.embed(torch.stack([_pixels(p) for p in files]))
-    state = load_checkpoint(ckpt)
-    state["model"].update({f"trunk.{k}": v for k, v in model.trunk.state_dict().items()})
-    save_checkpoint(ckpt, state)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("embed")
-    return {"rgb": train_tiny(tmp, "rgb"), "rgbcd": train_tiny(tmp, "rgb+canonical+depth"), "tmp": tmp}
-
-
-def _pixels(path: Path, size: int = SIZE) -> torch.Tensor:
-    img = Image.open(path).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+def runs(tiny_run_rgb, tiny_run_rgbcd):
+    """The session's tiny runs (tests/conftest.py) and the folder holding their training faces."""
+    return {"rgb": tiny_run_rgb, "rgbcd": tiny_run_rgbcd, "tmp": tiny_run_rgb.parent}
 
 
 def _unit(z: torch.Tensor) -> np.ndarray:
@@ -95,7 +43,7 @@ def test_aligned_crops_match_the_models_forward_pass(runs, tmp_path, capsys):
     assert d["norms"].shape == (15,) and d["failed"].shape == (0,)
     model, _, _ = load_run(str(runs["rgb"]))
     with torch.no_grad():
-        z = model.backbone(torch.stack([_pixels(p) for p in files]))
+        z = model.backbone(torch.stack([pixels(p) for p in files]))
     np.testing.assert_allclose(d["embeddings"], _unit(z), atol=1e-5)
     np.testing.assert_allclose(d["norms"], z.norm(dim=1).numpy(), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(d["embeddings"], axis=1), 1.0, atol=1e-6)
@@ -112,7 +60,7 @@ def test_seven_channel_model_uses_its_regressor_and_flip(runs, tmp_path):
     d = np.load(out)
     assert bool(d["flip"]) is True
     model, _, _ = load_run(str(runs["rgbcd"]))
-    x = torch.stack([_pixels(p) for p in files])
+    x = torch.stack([pixels(p) for p in files])
 
     def seven(images):
         coeffs = model.regressor(images)

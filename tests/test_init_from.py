@@ -3,7 +3,6 @@ dict with the 3-channel stem widened to 7 channels (recognition.backbones.load_p
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from joint.init import InitError, init_from
 from joint.model import JointModel
-from test_embed import SIZE, train_tiny
+from helpers import SIZE
 
 IRESNET50 = (3, 4, 14, 3)
 
@@ -59,10 +58,12 @@ def _trained_like(net: torch.nn.Module, seed: int) -> Dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
-def rgb_run(tmp_path_factory):
-    torch.set_num_threads(1)
-    return train_tiny(tmp_path_factory.mktemp("init"), "rgb")
+def rgb_run(tiny_run_rgb):
+    return tiny_run_rgb
 
 
 def test_init_from_a_saved_run_folder_and_checkpoint(rgb_run):

@@ -13,20 +13,20 @@ import pytest
 import torch
 
 from joint.cli import main
-from test_embed import PHOTOS, SIZE, train_tiny
+from helpers import PHOTOS, SIZE
 
 TOL = 1e-4
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.set_num_threads(1)
+def exported(tmp_path_factory, tiny_run_rgb, tiny_run_rgbcd):
     tmp = tmp_path_factory.mktemp("onnx")
     out = {}
     # both exporters: the legacy TorchScript one for the RGB model (fast), the default dynamo one for the
     # 7-channel model (its regressor's adaptive pooling at 48 px is beyond the TorchScript exporter)
-    for key, mode, exporter in (("rgb", "rgb", "torchscript"), ("rgbcd", "rgb+canonical+depth", "dynamo")):
-        run = train_tiny(tmp, mode)
+    for key, run, exporter in (("rgb", tiny_run_rgb, "torchscript"), ("rgbcd", tiny_run_rgbcd, "dynamo")):
         path = tmp / f"{key}.onnx"
         assert main(["export-onnx", "--model", str(run), "--out", str(path), "--exporter", exporter,
                      "--threads", "1"]) == 0

@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from ._common import add_threads_argument, apply_threads
+from ._run_regressor import add_run_argument, load_run_argument
 
 NAME = "embed"
 HELP = "compute face embeddings (and norms) of photos or aligned crops with a trained model"
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("photos", nargs="+", help="image files and/or folders")
-    parser.add_argument("--model", "-m", required=True, help="run directory (newest good checkpoint) or checkpoint file")
+    add_run_argument(parser)
     parser.add_argument("--out", "-o", required=True, help="output file (.npz, or the stem for --format npy)")
     parser.add_argument("--format", choices=["npz", "npy"], default=None,
                         help="npz (default) or npy (.npy + .txt + .norms.npy + .failed.txt); "
@@ -55,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     code = apply_threads(args)
     if code is not None:
         return code
-    from lh2face.io import CheckpointError
-
     from joint.embed import NoUsablePhotos, embed_photos, output_paths, save_embeddings
     from recon.landmarks import DetectorUnavailable
     from recon.photos import list_images
@@ -77,15 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
         return 2
-    try:
-        from joint.run_state import pick_device
-        from joint.runs import load_run
-
-        device = pick_device(args.device)
-        model, cfg, ckpt = load_run(args.model, device)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
+    loaded = load_run_argument(args.model, args.device)
+    if loaded is None:
         return 2
+    model, cfg, ckpt, device = loaded
     aligned = True if args.aligned else (False if args.raw else None)
     try:
         result = embed_photos(model, files, cfg.data.image_size, aligned=aligned, flip=args.flip,

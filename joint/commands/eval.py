@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._run_regressor import add_run_argument, load_run_argument
+
 NAME = "eval"
 HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs, or IJB-B/C"
 
@@ -23,7 +25,7 @@ HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("protocol", nargs="?", default="verify", choices=["verify", "ijb"],
                         help="verify (default: --folder / --bin / --lfw-pairs) or ijb")
-    parser.add_argument("--model", "-m", required=True, help="run directory (newest good checkpoint) or checkpoint file")
+    add_run_argument(parser)
     parser.add_argument("--folder", help="ImageFolder of identities to verify (all pairs, capped by --max-pairs)")
     parser.add_argument("--bin", help="insightface verification .bin")
     parser.add_argument("--lfw-pairs", help="LFW pairs.txt")
@@ -44,19 +46,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from lh2face.io import CheckpointError, write_json_atomic
+    from lh2face.io import write_json_atomic
 
     from joint.evaluation import format_result
-    from joint.run_state import pick_device
 
-    try:
-        device = pick_device(args.device)
-        from joint.runs import load_run
-
-        model, cfg, ckpt = load_run(args.model, device)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
+    loaded = load_run_argument(args.model, args.device)
+    if loaded is None:
         return 2
+    model, cfg, ckpt, device = loaded
     size = cfg.data.image_size
 
     def embed_fn(x: torch.Tensor) -> torch.Tensor:

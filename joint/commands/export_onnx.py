@@ -31,6 +31,7 @@ import argparse
 import sys
 
 from ._common import add_threads_argument, apply_threads
+from ._run_regressor import add_run_argument, load_run_argument
 
 NAME = "export-onnx"
 HELP = "export the recognition network (and the coefficient regressor) to ONNX"
@@ -39,7 +40,7 @@ HELP = "export the recognition network (and the coefficient regressor) to ONNX"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", "-m", required=True, help="run directory (newest good checkpoint) or checkpoint file")
+    add_run_argument(parser)
     parser.add_argument("--out", "-o", required=True, help="output .onnx file (the regressor goes beside it)")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch.onnx exporter: dynamo (default; needs onnxscript) or the legacy torchscript one")
@@ -56,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     code = apply_threads(args)
     if code is not None:
         return code
-    from lh2face.io import CheckpointError
-
     from joint.onnx_export import OnnxUnavailable, export_onnx, require_onnx
 
     if not args.tolerance >= 0:
@@ -69,13 +68,10 @@ def run(args: argparse.Namespace) -> int:
     except OnnxUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        from joint.runs import load_run
-
-        model, _, ckpt = load_run(args.model, "cpu")
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
+    loaded = load_run_argument(args.model, "cpu")
+    if loaded is None:
         return 2
+    model, _, ckpt, _ = loaded
     try:
         report = export_onnx(model, args.out, exporter=args.exporter, opset=args.opset,
                              check=not args.no_check, overwrite=args.overwrite, tolerance=args.tolerance,
