@@ -7,9 +7,7 @@ from pathlib import Path
 import torch
 
 from lh2face.io import load_checkpoint
-from test_cli import _faces as make_faces
-
-SIZE = 48
+from helpers import SIZE, write_faces as make_faces
 
 
 def _cfg(faces: Path, extra):
