@@ -2,28 +2,61 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .camera import intrinsics, project
 from .coeffs import CoeffLayout
-from .geometry import model_to_camera
-from .lighting import sh_shading
+from .geometry import apply_pose, model_to_camera_rotation
 from .morphable import MorphableModel
+from .render.vertex import sh_shading, vertex_normals
 
 
-def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor, normals: torch.Tensor,
-                 light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-vertex colour = albedo x SH shading, clamped to [0,1] -> (colour, albedo, shading), each (B,V,3)."""
-    alb = model.albedo(albedo_coeffs)
-    shade = sh_shading(normals, light)
+@dataclass
+class FaceGeometry:
+    """Per-vertex quantities that do not depend on pose or light, shared by several renders of one face.
+
+    shape (B,V,3) model-space vertices (cm), normals (B,V,3) their unit model-space normals, albedo
+    (B,V,3) in [0,1]. A rotation R maps the normals to R n (vertex normals commute with rotations).
+    """
+
+    shape: torch.Tensor
+    normals: torch.Tensor
+    albedo: torch.Tensor
+
+
+def _impl(renderer: Any) -> str:
+    """The renderer's kernel choice ('auto' | 'numba' | 'torch'), used for the vertex work too."""
+    impl = getattr(renderer, "impl", "auto")
+    return impl if impl in ("auto", "numba", "torch") else "auto"
+
+
+def face_geometry(model: MorphableModel, ident: torch.Tensor, expr: torch.Tensor | None,
+                  albedo_coeffs: torch.Tensor | None = None, albedo: torch.Tensor | None = None,
+                  impl: str = "auto") -> FaceGeometry:
+    """FaceGeometry of identity (B,n_id) and expression (B,n_expr) or None (neutral) coefficients, with
+    the albedo from `albedo_coeffs` (B,n_albedo,3) or given directly as per-vertex `albedo` (B,V,3)."""
+    shape = model.shape(ident, expr)
+    alb = model.albedo(albedo_coeffs, batch=shape.shape[0]) if albedo is None else albedo
+    return FaceGeometry(shape, vertex_normals(shape, model.triangles, impl), alb)
+
+
+def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor | None, normals: torch.Tensor,
+                 light: torch.Tensor, albedo: torch.Tensor | None = None, impl: str = "auto"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-vertex colour = albedo x SH shading, clamped to [0,1] -> (colour, albedo, shading), each (B,V,3).
+    `albedo` (B,V,3), when given, is used instead of model.albedo(albedo_coeffs)."""
+    alb = model.albedo(albedo_coeffs) if albedo is None else albedo
+    shade = sh_shading(normals, light, impl)
     return (alb * shade).clamp(0.0, 1.0), alb, shade
 
 
 def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, image_size: int | tuple[int, int] = 112,
                 K: torch.Tensor | None = None, layout: CoeffLayout | None = None,
-                dynamic_contour: bool | str = False, fill_holes: bool = True) -> dict[str, torch.Tensor]:
+                dynamic_contour: bool | str = False, fill_holes: bool = True,
+                geometry: FaceGeometry | None = None) -> dict[str, torch.Tensor]:
     """Render faces from coefficient vectors.
 
     model: MorphableModel; renderer: recon.render renderer; coeffs (B,P) in `layout` (default
@@ -32,11 +65,13 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     vertices), True (under yaw > 20 deg the far-side jaw points use the posterior contour variant) or
     "silhouette" (they are searched on the rendered outline; see MorphableModel.landmark_indices).
     fill_holes: close the eye and mouth openings with dark fans (MorphableModel.fill_holes) so the
-    background never shows through.
+    background never shows through. geometry: the FaceGeometry of these coefficients' identity,
+    expression and albedo when another render already computed it (renders of one face under several
+    poses share it); by default computed here.
 
     Returns dict: image (B,3,H,W) in [0,1] (0 on background), mask (B,1,H,W), depth (B,1,H,W) camera z cm,
     landmarks2d (B,68,2) pixels (projected landmark vertices, visible or not), vertices_cam (B,V,3) cm,
-    normals (B,V,3) camera space, colours (B,V,3), albedo (B,V,3), shading (B,V,3).
+    normals (B,V,3) camera space, colours (B,V,3), albedo (B,V,3), shading (B,V,3), geometry (FaceGeometry).
     """
     if dynamic_contour not in (False, True, "silhouette"):
         raise ValueError(f"dynamic_contour must be False, True or 'silhouette', got {dynamic_contour!r}")
@@ -44,10 +79,13 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     p = layout.split(coeffs)
     if K is None:
         K = intrinsics(image_size, dtype=coeffs.dtype, device=coeffs.device)
-    verts = model.shape(p["id"], p["expr"])
-    vcam = model_to_camera(verts, p["rotation"], p["translation"])
-    normals = model.vertex_normals(vcam)
-    colours, alb, shade = face_colours(model, p["albedo"], normals, p["light"])
+    impl = _impl(renderer)
+    if geometry is None:
+        geometry = face_geometry(model, p["id"], p["expr"], p["albedo"], impl=impl)
+    R = model_to_camera_rotation(p["rotation"])
+    vcam = apply_pose(geometry.shape, R, p["translation"])
+    normals = geometry.normals @ R.transpose(-1, -2)
+    colours, alb, shade = face_colours(model, None, normals, p["light"], albedo=geometry.albedo, impl=impl)
     if fill_holes:
         rv, rt, rc = model.fill_holes(vcam, colours)
     else:
@@ -56,4 +94,5 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     yaw = p["rotation"][:, 1] if dynamic_contour else None
     lm2d = project(model.landmarks(vcam, yaw, silhouette=dynamic_contour == "silhouette"), K)
     return {"image": out.image, "mask": out.mask, "depth": out.depth, "landmarks2d": lm2d,
-            "vertices_cam": vcam, "normals": normals, "colours": colours, "albedo": alb, "shading": shade}
+            "vertices_cam": vcam, "normals": normals, "colours": colours, "albedo": alb, "shading": shade,
+            "geometry": geometry}
