@@ -106,11 +106,12 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
         models[name] = JointModel.from_config(cfg, num_classes).to(device).train()
         opts[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4)
     times: Dict[str, List[float]] = {k: [] for k in names}
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     for i in range(args.repeats + args.warmup):
         for name in names:
             m = models[name]
             _sync(device)
-            t = time.perf_counter()
+            t = clock()
             out = m.trunk(images, extras)
             loss, _ = joint_loss(out, labels, m.head, m.lambdas)
             opts[name].zero_grad(set_to_none=True)
@@ -118,7 +119,7 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
             opts[name].step()
             _sync(device)
             if i >= args.warmup:
-                times[name].append(time.perf_counter() - t)
+                times[name].append(clock() - t)
     base = statistics.median(times[names[0]])
     res = {}
     for name in names:
@@ -127,13 +128,14 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
                      "images_per_s": args.batch / med, "all_s": times[name], **rows[name]}
     return {"config": None if args.config is None else str(args.config), "overrides": list(args.override),
             "batch": args.batch, "size": args.size, "backbone": args.backbone, "head": args.head,
-            "repeats": args.repeats, "warmup": args.warmup, "synth_batch_s": synth_s, "variants": res}
+            "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock, "synth_batch_s": synth_s, "variants": res}
 
 
 def markdown(r: Dict[str, Any]) -> str:
     src = f"config {r['config']} {' '.join('-o ' + o for o in r['overrides'])}".rstrip() + ", " if r.get("config") else ""
     lines = [f"Joint vs FR-only training step: {src}{r['backbone']}, {r['head']} head, batch {r['batch']}, "
-             f"{r['size']} px, median of {r['repeats']} alternated steps",
+             f"{r['size']} px, median of {r['repeats']} alternated steps"
+             + (", CPU time of this process" if r.get("clock") == "process" else ""),
              "", "| variant | input | L_reco / L_canon / L_view | median step (s) | min step (s) | images/s | x FR-only |",
              "|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
@@ -177,6 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the first one is the reference of the ratios (default: all but 'config'; with "
                         "--config: fr_only joint_input config)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall: elapsed time; process: CPU time of this process (steadier on a machine shared "
+                        "with other jobs; meaningful with --threads 1 on CPU)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (a .md with the table is written next to it)")
     args = p.parse_args(argv)
     try:

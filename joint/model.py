@@ -106,8 +106,8 @@ class JointTrunk(nn.Module):
         return coeffs, canon, depth
 
     def _canonical_renders(self, coeffs: torch.Tensor):
-        """(canonical (B,3,S,S), depth (B,1,S,S), per-vertex albedo (B,V,3)) at the FR input size S:
-        one rasterisation of the neutral face; the albedo is returned for the other renders to share."""
+        """(canonical (B,3,S,S), depth (B,1,S,S), neutral FaceGeometry) at the FR input size S: one
+        rasterisation of the neutral face; its geometry (neutral shape, albedo) is shared with the other renders."""
         from recon import face as rface
         from recon.canonical import render_canonical
 
@@ -116,7 +116,7 @@ class JointTrunk(nn.Module):
         geo = rface.face_geometry(mm, p["id"], None, p["albedo"], impl=rface._impl(renderer))
         canon, depth = render_canonical(mm, renderer, coeffs, image_size=self.image_size, layout=layout,
                                         geometry=geo)
-        return canon, depth, geo.albedo
+        return canon, depth, geo
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings of images (B,3,H,W) in [0,1] (what evaluation calls)."""
@@ -129,14 +129,14 @@ class JointTrunk(nn.Module):
         """Everything but the head: ``z`` and, when enabled, ``z_canon``, ``z_view``, ``reco`` terms, ``coeffs``.
 
         Work whose lambda is 0 is skipped. The renders of one step share what does not depend on pose:
-        the per-vertex albedo (canonical and posed faces), and the posed shape and its normals (the
-        input view for L_reco and the novel view for L_view differ by rotation only).
+        the neutral shape and per-vertex albedo (canonical and posed faces), and the posed shape and its
+        normals (the input view for L_reco and the novel view for L_view differ by rotation only).
         """
         batch = batch or {}
         if not self.use_recon:
             return {"z": self.backbone(resize(images, self.image_size))}
         coeffs = self.regressor(resize(images, self.regressor_size))
-        canon, depth, albedo = self._canonical_renders(coeffs)
+        canon, depth, neutral = self._canonical_renders(coeffs)
         out: Dict[str, Any] = {"coeffs": coeffs}
         out["z"] = self.backbone(self.fr_input(images, canon, depth))
         lam = self.lambdas
@@ -148,7 +148,8 @@ class JointTrunk(nn.Module):
             mm, renderer, layout = self._assets(images.device)
             size = images.shape[-1]
             p = layout.split(coeffs)
-            geo = rface.face_geometry(mm, p["id"], p["expr"], albedo=albedo, impl=rface._impl(renderer))
+            geo = rface.face_geometry(mm, p["id"], p["expr"], albedo=neutral.albedo, impl=rface._impl(renderer),
+                                      neutral=neutral.shape)
             if lam.reco > 0:
                 rendered = rface.render_face(mm, renderer, coeffs, image_size=size, layout=layout, geometry=geo)
                 from .losses import reconstruction_terms

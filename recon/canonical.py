@@ -18,7 +18,6 @@ import torch
 from .camera import canonical_camera
 from .coeffs import CoeffLayout
 from .face import FaceGeometry, _impl, face_colours, face_geometry
-from .geometry import apply_pose
 from .lighting import standard_light
 from .morphable import MorphableModel
 
@@ -69,8 +68,11 @@ def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.T
     impl = _impl(renderer)
     if geometry is None:
         geometry = face_geometry(model, ident, None, alb, impl=impl)
-    vcam = apply_pose(geometry.shape, cam.R, cam.t)
-    normals = geometry.normals @ cam.R.T
+    if torch.equal(cam.R, torch.diag(torch.diagonal(cam.R))):  # the canonical camera: a diagonal flip
+        flip = torch.diagonal(cam.R)
+        vcam, normals = geometry.shape * flip + cam.t, geometry.normals * flip
+    else:
+        vcam, normals = geometry.shape @ cam.R.T + cam.t, geometry.normals @ cam.R.T
     light = standard_light(ident.shape[0], dtype=vcam.dtype).to(vcam.device)
     colours, _, _ = face_colours(model, None, normals, light, albedo=geometry.albedo, impl=impl)
     out = renderer(*model.fill_holes(vcam, colours), image_size, cam.K)

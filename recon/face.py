@@ -9,7 +9,7 @@ import torch
 
 from .camera import intrinsics, project
 from .coeffs import CoeffLayout
-from .geometry import apply_pose, model_to_camera_rotation
+from .geometry import model_to_camera_rotation
 from .morphable import MorphableModel
 from .render.vertex import sh_shading, vertex_normals
 
@@ -33,12 +33,26 @@ def _impl(renderer: Any) -> str:
     return impl if impl in ("auto", "numba", "torch") else "auto"
 
 
+def rotate(points: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """points (B,N,3), R (B,3,3) -> (B,N,3) = R p, computed as (R @ P^T)^T (a (3,3)x(3,N) product per item
+    is several times faster than (N,3)x(3,3) on CPU, forward and backward; the result is a transposed view)."""
+    return (R @ points.transpose(-1, -2)).transpose(-1, -2)
+
+
 def face_geometry(model: MorphableModel, ident: torch.Tensor, expr: torch.Tensor | None,
                   albedo_coeffs: torch.Tensor | None = None, albedo: torch.Tensor | None = None,
-                  impl: str = "auto") -> FaceGeometry:
+                  impl: str = "auto", neutral: torch.Tensor | None = None) -> FaceGeometry:
     """FaceGeometry of identity (B,n_id) and expression (B,n_expr) or None (neutral) coefficients, with
-    the albedo from `albedo_coeffs` (B,n_albedo,3) or given directly as per-vertex `albedo` (B,V,3)."""
-    shape = model.shape(ident, expr)
+    the albedo from `albedo_coeffs` (B,n_albedo,3) or given directly as per-vertex `albedo` (B,V,3).
+    neutral: model.shape(ident, None) when the caller already has it (then only the expression offset is
+    added, the same sum in the same order as MorphableModel.shape)."""
+    if neutral is None:
+        shape = model.shape(ident, expr)
+    elif expr is None or not model.n_expr:
+        shape = neutral
+    else:
+        model._check(expr, model.n_expr, "expr")
+        shape = neutral + torch.einsum("bk,kvc->bvc", expr.to(model.mean), model.expr_basis)
     alb = model.albedo(albedo_coeffs, batch=shape.shape[0]) if albedo is None else albedo
     return FaceGeometry(shape, vertex_normals(shape, model.triangles, impl), alb)
 
@@ -83,8 +97,8 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     if geometry is None:
         geometry = face_geometry(model, p["id"], p["expr"], p["albedo"], impl=impl)
     R = model_to_camera_rotation(p["rotation"])
-    vcam = apply_pose(geometry.shape, R, p["translation"])
-    normals = geometry.normals @ R.transpose(-1, -2)
+    vcam = rotate(geometry.shape, R) + p["translation"][:, None, :]
+    normals = rotate(geometry.normals, R)
     colours, alb, shade = face_colours(model, None, normals, p["light"], albedo=geometry.albedo, impl=impl)
     if fill_holes:
         rv, rt, rc = model.fill_holes(vcam, colours)
