@@ -11,7 +11,7 @@ from .camera import intrinsics, project
 from .coeffs import CoeffLayout
 from .geometry import model_to_camera_rotation
 from .morphable import MorphableModel
-from .render.vertex import sh_shading, vertex_normals
+from .render.vertex import shaded_colours, vertex_normals
 
 
 @dataclass
@@ -63,8 +63,8 @@ def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor | None, norm
     """Per-vertex colour = albedo x SH shading, clamped to [0,1] -> (colour, albedo, shading), each (B,V,3).
     `albedo` (B,V,3), when given, is used instead of model.albedo(albedo_coeffs)."""
     alb = model.albedo(albedo_coeffs) if albedo is None else albedo
-    shade = sh_shading(normals, light, impl)
-    return (alb * shade).clamp(0.0, 1.0), alb, shade
+    colour, shade = shaded_colours(alb.expand_as(normals), normals, light, impl)
+    return colour, alb, shade
 
 
 def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, image_size: int | tuple[int, int] = 112,

@@ -50,10 +50,15 @@ def _normals_fwd(v, tri, m, n, eps, t0, t1):
             cx = ay * bz - az * by
             cy = az * bx - ax * bz
             cz = ax * by - ay * bx
-            for a in (a0, a1, a2):
-                m[b, a, 0] += cx
-                m[b, a, 1] += cy
-                m[b, a, 2] += cz
+            m[b, a0, 0] += cx
+            m[b, a0, 1] += cy
+            m[b, a0, 2] += cz
+            m[b, a1, 0] += cx
+            m[b, a1, 1] += cy
+            m[b, a1, 2] += cz
+            m[b, a2, 0] += cx
+            m[b, a2, 1] += cy
+            m[b, a2, 2] += cz
         for i in range(nv):
             d = max(math.sqrt(m[b, i, 0] ** 2 + m[b, i, 1] ** 2 + m[b, i, 2] ** 2), eps)
             n[b, i, 0] = m[b, i, 0] / d
@@ -133,8 +138,8 @@ def _basis(x, y, z, out):
 
 
 @njit(cache=True, nogil=True)
-def _shading_fwd(n, light, out, t0, t1):
-    """out[b,v,c] = sum_k A_k Y_k(n[b,v]) light[b,c,k]."""
+def _shading_fwd(n, light, alb, out, col, t0, t1):
+    """out[b,v,c] = sum_k A_k Y_k(n[b,v]) light[b,c,k]; col = clamp(alb * out, 0, 1) (when alb has rows)."""
     nv = n.shape[1]
     wl = np.empty((3, 9), dtype=np.float64)
     y = np.empty(9, dtype=np.float64)
@@ -151,33 +156,52 @@ def _shading_fwd(n, light, out, t0, t1):
                 for k in range(9):
                     s += wl[c, k] * y[k]
                 out[b, i, c] = s
+                if alb.shape[0] > 0:
+                    col[b, i, c] = min(max(alb[b, i, c] * out[b, i, c], 0.0), 1.0)
 
 
 @njit(cache=True, nogil=True)
-def _shading_bwd(n, light, g, gn, gl, t0, t1):
-    """gn (B,V,3) and gl (B,3,9) (float64, zeroed by the caller) of <g, shading>."""
+def _shading_bwd(n, light, g, alb, shade, gc, gn, gl, ga, t0, t1):
+    """gn (B,V,3), gl (B,3,9) and ga (B,V,3) (float64, zeroed by the caller) of <g, shading> +
+    <gc, clamp(alb * shading, 0, 1)> (the colour term only when gc has rows; the clamp passes the
+    gradient where 0 <= alb * shading <= 1, as torch.clamp does)."""
     nv = n.shape[1]
     wl = np.empty((3, 9), dtype=np.float64)
     y = np.empty(9, dtype=np.float64)
+    acc = np.empty((3, 9), dtype=np.float64)
     for b in range(t0, t1):
         lb = b if light.shape[0] > 1 else 0
         for c in range(3):
             for k in range(9):
                 a = 1.0 if k == 0 else (_A1 if k < 4 else _A2)
                 wl[c, k] = a * light[lb, c, k]
+                acc[c, k] = 0.0
         for i in range(nv):
             x = np.float64(n[b, i, 0])
             yy = np.float64(n[b, i, 1])
             z = np.float64(n[b, i, 2])
             _basis(x, yy, z, y)
-            g0 = np.float64(g[b, i, 0])
-            g1 = np.float64(g[b, i, 1])
-            g2 = np.float64(g[b, i, 2])
+            g0 = np.float64(g[b, i, 0]) if g.shape[0] > 0 else 0.0
+            g1 = np.float64(g[b, i, 1]) if g.shape[0] > 0 else 0.0
+            g2 = np.float64(g[b, i, 2]) if g.shape[0] > 0 else 0.0
+            if gc.shape[0] > 0:
+                for c in range(3):
+                    a = np.float64(alb[b, i, c])
+                    sc = np.float64(shade[b, i, c])
+                    x0 = a * sc
+                    if x0 >= 0.0 and x0 <= 1.0:
+                        gg = np.float64(gc[b, i, c])
+                        ga[b, i, c] += gg * sc
+                        if c == 0:
+                            g0 += gg * a
+                        elif c == 1:
+                            g1 += gg * a
+                        else:
+                            g2 += gg * a
             for k in range(9):
-                a = 1.0 if k == 0 else (_A1 if k < 4 else _A2)
-                gl[b, 0, k] += a * y[k] * g0
-                gl[b, 1, k] += a * y[k] * g1
-                gl[b, 2, k] += a * y[k] * g2
+                acc[0, k] += y[k] * g0
+                acc[1, k] += y[k] * g1
+                acc[2, k] += y[k] * g2
             gb1 = g0 * wl[0, 1] + g1 * wl[1, 1] + g2 * wl[2, 1]
             gb2 = g0 * wl[0, 2] + g1 * wl[1, 2] + g2 * wl[2, 2]
             gb3 = g0 * wl[0, 3] + g1 * wl[1, 3] + g2 * wl[2, 3]
@@ -189,6 +213,9 @@ def _shading_bwd(n, light, g, gn, gl, t0, t1):
             gn[b, i, 0] += _C1 * gb3 + _C2 * (yy * gb4 + z * gb7) + 2.0 * _C22 * x * gb8
             gn[b, i, 1] += _C1 * gb1 + _C2 * (x * gb4 + z * gb5) - 2.0 * _C22 * yy * gb8
             gn[b, i, 2] += _C1 * gb2 + _C2 * (yy * gb5 + x * gb7) + 6.0 * _C20 * z * gb6
+        for c in range(3):
+            for k in range(9):
+                gl[b, c, k] += (1.0 if k == 0 else (_A1 if k < 4 else _A2)) * acc[c, k]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,16 +237,27 @@ def normals_backward(v: np.ndarray, tri: np.ndarray, m: np.ndarray, g: np.ndarra
     return gv
 
 
-def shading_forward(n: np.ndarray, light: np.ndarray) -> np.ndarray:
-    """n (B,V,3), light (B|1,3,9) -> shading (B,V,3) in n's dtype."""
+def _none(like: np.ndarray) -> np.ndarray:
+    return np.zeros((0,) + like.shape[1:], dtype=like.dtype)
+
+
+def shading_forward(n: np.ndarray, light: np.ndarray, alb: np.ndarray | None = None):
+    """n (B,V,3), light (B|1,3,9), alb (B,V,3) or None -> (shading (B,V,3) in n's dtype,
+    colour clamp(alb * shading, 0, 1) or None)."""
     out = np.empty(n.shape, dtype=n.dtype)
-    _run(_shading_fwd, (n, light, out), n.shape[0], per_worker=1)
-    return out
+    col = np.empty(n.shape, dtype=n.dtype) if alb is not None else _none(n)
+    _run(_shading_fwd, (n, light, _none(n) if alb is None else alb, out, col), n.shape[0], per_worker=1)
+    return out, (col if alb is not None else None)
 
 
-def shading_backward(n: np.ndarray, light: np.ndarray, g: np.ndarray):
-    """-> (grad normals (B,V,3) f64, grad light (B,3,9) f64 per batch item)."""
+def shading_backward(n: np.ndarray, light: np.ndarray, g: np.ndarray | None, alb: np.ndarray | None = None,
+                     shade: np.ndarray | None = None, gc: np.ndarray | None = None):
+    """g: grad of the shading (or None), gc: grad of the colour (or None; needs alb and shade) ->
+    (grad normals (B,V,3) f64, grad light (B,3,9) f64 per batch item, grad albedo (B,V,3) f64 or None)."""
     gn = np.zeros(n.shape, dtype=np.float64)
     gl = np.zeros((n.shape[0], 3, 9), dtype=np.float64)
-    _run(_shading_bwd, (n, light, g, gn, gl), n.shape[0], per_worker=1)
-    return gn, gl
+    ga = np.zeros(n.shape, dtype=np.float64) if gc is not None else _none(gn)
+    e = _none(n)
+    _run(_shading_bwd, (n, light, e if g is None else g, e if alb is None else alb, e if shade is None else shade,
+                        e if gc is None else gc, gn, gl, ga), n.shape[0], per_worker=1)
+    return gn, gl, (ga if gc is not None else None)

@@ -9,6 +9,8 @@ rounding (the kernels accumulate in float64); ``tests/test_render_vertex.py`` ch
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import Tensor
 
@@ -43,27 +45,35 @@ class _NormalsNumba(torch.autograd.Function):
 
 
 class _ShadingNumba(torch.autograd.Function):
+    """(albedo (B,V,3), normals, light) -> (colour = clamp(albedo x shading, 0, 1), shading)."""
+
     @staticmethod
-    def forward(ctx, normals: Tensor, light: Tensor):
+    def forward(ctx, albedo: Tensor, normals: Tensor, light: Tensor):
         from . import _numba_vertex as k
 
-        n = _np(normals if normals.dtype in (torch.float32, torch.float64) else normals.float())
+        dt = normals.dtype if normals.dtype in (torch.float32, torch.float64) else torch.float32
+        n = _np(normals.to(dt))
+        a = _np(albedo.to(dt))
         lt = _np(light.to(torch.float64))
-        ctx.arrays = (n, lt)
-        ctx.dtypes = (normals.dtype, light.dtype, light.shape[0])
-        return torch.from_numpy(k.shading_forward(n, lt)).to(normals.dtype)
+        shade, col = k.shading_forward(n, lt, a)
+        ctx.arrays = (n, lt, a, shade)
+        ctx.dtypes = (albedo.dtype, normals.dtype, light.dtype, light.shape[0])
+        return torch.from_numpy(col).to(normals.dtype), torch.from_numpy(shade).to(normals.dtype)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx, g_col: Tensor, g_shade: Tensor):
         from . import _numba_vertex as k
 
-        n, lt = ctx.arrays
-        n_dtype, l_dtype, lb = ctx.dtypes
-        gn, gl = k.shading_backward(n, lt, _np(g.to(torch.float64)))
+        n, lt, a, shade = ctx.arrays
+        a_dtype, n_dtype, l_dtype, lb = ctx.dtypes
+        gs = None if g_shade is None else _np(g_shade.to(torch.float64))
+        gc = None if g_col is None else _np(g_col.to(torch.float64))
+        gn, gl, ga = k.shading_backward(n, lt, gs, a, shade, gc)
         g_light = torch.from_numpy(gl)
         if lb == 1:
             g_light = g_light.sum(0, keepdim=True)
-        return torch.from_numpy(gn).to(n_dtype), g_light.to(l_dtype)
+        g_alb = None if ga is None else torch.from_numpy(ga).to(a_dtype)
+        return g_alb, torch.from_numpy(gn).to(n_dtype), g_light.to(l_dtype)
 
 
 def vertex_normals(verts: Tensor, triangles: Tensor, impl: str = "auto") -> Tensor:
@@ -81,23 +91,32 @@ def vertex_normals(verts: Tensor, triangles: Tensor, impl: str = "auto") -> Tens
     return face_area_weighted_normals(verts, triangles)
 
 
-def sh_shading(normals: Tensor, light: Tensor, impl: str = "auto") -> Tensor:
-    """Lambertian SH shading: normals (B,V,3) unit camera space, light (B,27) or (B,3,9) -> (B,V,3).
-
-    Equals :func:`recon.lighting.sh_shading` (its shape checks and conventions); impl as in
-    :func:`vertex_normals`.
-    """
-    if resolve_impl(impl, normals.device) != "numba":
-        from recon.lighting import sh_shading as reference
-
-        return reference(normals, light)
+def _check_light(normals: Tensor, light: Tensor) -> Tensor:
     if normals.dim() != 3 or normals.shape[-1] != 3:
         raise ValueError(f"normals must be (B,V,3), got {tuple(normals.shape)}")
     if light.dim() == 2 and light.shape[1] == 27:
         light = light.reshape(-1, 3, 9)
     if light.dim() != 3 or light.shape[1:] != (3, 9) or light.shape[0] not in (1, normals.shape[0]):
         raise ValueError(f"light must be (B,27) or (B,3,9) with B={normals.shape[0]}, got {tuple(light.shape)}")
-    return _ShadingNumba.apply(normals, light)
+    return light
 
 
-__all__ = ["vertex_normals", "sh_shading"]
+def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Lambertian SH shading and the clamped colour: albedo (B,V,3) in [0,1], normals (B,V,3) unit camera
+    space, light (B,27) or (B,3,9) -> (colour = clamp(albedo x shading, 0, 1), shading), each (B,V,3).
+
+    The shading equals :func:`recon.lighting.sh_shading` (its conventions and shape checks); impl as in
+    :func:`vertex_normals` (numba: one fused kernel forward and one backward).
+    """
+    if resolve_impl(impl, normals.device) != "numba":
+        from recon.lighting import sh_shading as reference
+
+        shade = reference(normals, light)
+        return (albedo * shade).clamp(0.0, 1.0), shade
+    light = _check_light(normals, light)
+    if albedo.shape != normals.shape:
+        raise ValueError(f"albedo must be (B,V,3) like the normals {tuple(normals.shape)}, got {tuple(albedo.shape)}")
+    return _ShadingNumba.apply(albedo, normals, light)
+
+
+__all__ = ["vertex_normals", "shaded_colours"]
