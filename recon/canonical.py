@@ -20,6 +20,7 @@ from .coeffs import CoeffLayout
 from .face import FaceGeometry, _impl, face_colours, face_geometry
 from .lighting import standard_light
 from .morphable import MorphableModel
+from .render.base import full_precision_call
 
 
 def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -41,6 +42,7 @@ def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) 
     return torch.where(hit, d, torch.zeros_like(d)) * mask
 
 
+@full_precision_call
 def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.Tensor,
                      albedo: torch.Tensor | None = None, image_size: int = 112,
                      layout: CoeffLayout | None = None, geometry: FaceGeometry | None = None
@@ -51,7 +53,8 @@ def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.T
     is ignored) or identity coefficients (B,n_id); albedo: (B,n_albedo,3) or (B,3*n_albedo) or None.
     geometry: the neutral-expression FaceGeometry of these identities and albedos when the caller has
     it (recon.face.face_geometry(model, id, None, albedo)); computed here by default.
-    One rasterisation gives both outputs (the colour and the camera z are interpolated together).
+    One rasterisation gives both outputs (the colour and the camera z are interpolated together). Runs in
+    float32 whatever the autocast state (half-precision inputs are cast to float32).
     Returns canonical (B,3,S,S) in [0,1] (0 on background) and depth (B,1,S,S) in [0,1] (near = 1,
     0 on background), S = image_size (112 by default: the aligned crop).
     """

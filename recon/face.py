@@ -11,6 +11,7 @@ from .camera import intrinsics, project
 from .coeffs import CoeffLayout
 from .geometry import model_to_camera_rotation
 from .morphable import MorphableModel
+from .render.base import full_precision_call
 from .render.vertex import shaded_colours, vertex_normals
 
 
@@ -39,6 +40,7 @@ def rotate(points: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return (R @ points.transpose(-1, -2)).transpose(-1, -2)
 
 
+@full_precision_call
 def face_geometry(model: MorphableModel, ident: torch.Tensor, expr: torch.Tensor | None,
                   albedo_coeffs: torch.Tensor | None = None, albedo: torch.Tensor | None = None,
                   impl: str = "auto", neutral: torch.Tensor | None = None) -> FaceGeometry:
@@ -67,6 +69,7 @@ def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor | None, norm
     return colour, alb, shade
 
 
+@full_precision_call
 def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, image_size: int | tuple[int, int] = 112,
                 K: torch.Tensor | None = None, layout: CoeffLayout | None = None,
                 dynamic_contour: bool | str = False, fill_holes: bool = True,
@@ -79,7 +82,8 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     vertices), True (under yaw > 20 deg the far-side jaw points use the posterior contour variant) or
     "silhouette" (they are searched on the rendered outline; see MorphableModel.landmark_indices).
     fill_holes: close the eye and mouth openings with dark fans (MorphableModel.fill_holes) so the
-    background never shows through. geometry: the FaceGeometry of these coefficients' identity,
+    background never shows through. Runs in float32 whatever the autocast state (half-precision inputs
+    are cast; recon.render.base.full_precision_call). geometry: the FaceGeometry of these coefficients' identity,
     expression and albedo when another render already computed it (renders of one face under several
     poses share it); by default computed here.
 

@@ -13,8 +13,8 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 from .base import RenderOutput, Renderer, project_vertices
-from .interpolate import interpolate, soft_silhouette
-from .rasterize import nearest_triangle, rasterize, resolve_impl
+from .interpolate import interpolate
+from .rasterize import rasterize, resolve_impl
 
 
 class TorchRenderer(Renderer):
@@ -63,11 +63,7 @@ class TorchRenderer(Renderer):
         if self.soft_edges is None:
             mask = (face >= 0).to(vertices.dtype).unsqueeze(1)
         else:
-            radius = self.soft_radius * self.soft_edges
-            near = nearest_triangle(
-                screen, triangles, face, radius, self.cull_backfaces, self.znear, impl
-            ).to(vertices.device)
-            mask = soft_silhouette(screen, triangles, face, near, self.soft_edges, radius)
+            mask = self.soft_mask(screen, triangles, face, impl)
         return RenderOutput(image=image, mask=mask, depth=depth, face=face)
 
     def __repr__(self) -> str:
