@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from _report import finish  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 # (module, attribute, label or a function of the call count -> label): the functions timed as parts.
-# The joint model looks these up at call time, so wrapping the module attribute reaches its calls.
+# The joint model looks these up at call time, so wrapping the module attribute reaches its calls (in
+# an older checkout, where the renders computed their own geometry, the geometry is inside the renders).
 PARTS: List[Tuple[str, str, Any]] = [
     ("recon.face", "face_geometry", "face geometry (shape, normals, albedo)"),
     ("recon.canonical", "render_canonical", "render canonical + depth"),
@@ -61,6 +62,8 @@ def _install(model: torch.nn.Module, reco_on: bool) -> Callable[[], None]:
     counter: Dict[str, int] = defaultdict(int)
     for mod_name, attr, label in PARTS:
         mod = importlib.import_module(mod_name)
+        if not hasattr(mod, attr):  # an older checkout without this function: its time stays in its caller
+            continue
         if not reco_on and callable(label):  # only the novel view calls render_face without L_reco
             label = "render novel view (L_view)"
         setattr(mod, attr, _labelled(getattr(mod, attr), label, counter, f"{mod_name}.{attr}"))

@@ -68,7 +68,7 @@ def _normals_fwd(v, tri, m, n, eps, t0, t1):
 
 @njit(cache=True, nogil=True)
 def _normals_bwd(v, tri, m, g, gv, eps, t0, t1):
-    """Gradient of <g, n> w.r.t. the vertices (gv, float64, zero-initialised by the caller)."""
+    """Gradient of <g, n> w.r.t. the vertices (gv, zero-initialised by the caller)."""
     nf = tri.shape[0]
     nv = v.shape[1]
     gm = np.empty((nv, 3), dtype=np.float64)
@@ -162,7 +162,7 @@ def _shading_fwd(n, light, alb, out, col, t0, t1):
 
 @njit(cache=True, nogil=True)
 def _shading_bwd(n, light, g, alb, shade, gc, gn, gl, ga, t0, t1):
-    """gn (B,V,3), gl (B,3,9) and ga (B,V,3) (float64, zeroed by the caller) of <g, shading> +
+    """gn (B,V,3), gl (B,3,9) and ga (B,V,3) (zeroed by the caller) of <g, shading> +
     <gc, clamp(alb * shading, 0, 1)> (the colour term only when gc has rows; the clamp passes the
     gradient where 0 <= alb * shading <= 1, as torch.clamp does)."""
     nv = n.shape[1]
@@ -231,8 +231,8 @@ def normals_forward(v: np.ndarray, tri: np.ndarray, eps: float):
 
 
 def normals_backward(v: np.ndarray, tri: np.ndarray, m: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
-    """-> gradient w.r.t. v (B,V,3) float64."""
-    gv = np.zeros(v.shape, dtype=np.float64)
+    """-> gradient w.r.t. v (B,V,3) in v's dtype (scattered per face in that dtype, like index_add)."""
+    gv = np.zeros(v.shape, dtype=v.dtype)
     _run(_normals_bwd, (v, tri, m, g, gv, float(eps)), v.shape[0], per_worker=1)
     return gv
 
@@ -253,10 +253,10 @@ def shading_forward(n: np.ndarray, light: np.ndarray, alb: np.ndarray | None = N
 def shading_backward(n: np.ndarray, light: np.ndarray, g: np.ndarray | None, alb: np.ndarray | None = None,
                      shade: np.ndarray | None = None, gc: np.ndarray | None = None):
     """g: grad of the shading (or None), gc: grad of the colour (or None; needs alb and shade) ->
-    (grad normals (B,V,3) f64, grad light (B,3,9) f64 per batch item, grad albedo (B,V,3) f64 or None)."""
-    gn = np.zeros(n.shape, dtype=np.float64)
+    (grad normals (B,V,3) in n's dtype, grad light (B,3,9) f64 per batch item, grad albedo (B,V,3) or None)."""
+    gn = np.zeros(n.shape, dtype=n.dtype)
     gl = np.zeros((n.shape[0], 3, 9), dtype=np.float64)
-    ga = np.zeros(n.shape, dtype=np.float64) if gc is not None else _none(gn)
+    ga = np.zeros(n.shape, dtype=n.dtype) if gc is not None else _none(gn)
     e = _none(n)
     _run(_shading_bwd, (n, light, e if g is None else g, e if alb is None else alb, e if shade is None else shade,
                         e if gc is None else gc, gn, gl, ga), n.shape[0], per_worker=1)

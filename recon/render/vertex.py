@@ -40,7 +40,7 @@ class _NormalsNumba(torch.autograd.Function):
         from . import _numba_vertex as k
 
         v, tri, m = ctx.arrays
-        gv = k.normals_backward(v, tri, m, _np(g.to(torch.float64)), NORMAL_EPS)
+        gv = k.normals_backward(v, tri, m, _np(g.to(torch.from_numpy(v).dtype)), NORMAL_EPS)
         return torch.from_numpy(gv).to(ctx.dtype), None
 
 
@@ -66,8 +66,9 @@ class _ShadingNumba(torch.autograd.Function):
 
         n, lt, a, shade = ctx.arrays
         a_dtype, n_dtype, l_dtype, lb = ctx.dtypes
-        gs = None if g_shade is None else _np(g_shade.to(torch.float64))
-        gc = None if g_col is None else _np(g_col.to(torch.float64))
+        dt = torch.from_numpy(n).dtype  # the kernels read any float dtype and accumulate in float64
+        gs = None if g_shade is None else _np(g_shade.to(dt))
+        gc = None if g_col is None else _np(g_col.to(dt))
         gn, gl, ga = k.shading_backward(n, lt, gs, a, shade, gc)
         g_light = torch.from_numpy(gl)
         if lb == 1:
