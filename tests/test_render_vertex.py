@@ -137,3 +137,23 @@ def test_face_renders_are_float32_under_autocast(mm):
         assert torch.equal(amp[k], ref[k]), k
     for a, b in zip(amp_c, ref_c):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_projection_equals_project_vertices(dtype):
+    from recon.render.base import project_vertices
+    from recon.render.vertex import project
+
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(3, 500, 3, generator=g, dtype=dtype)
+    v[..., 2] = v[..., 2].abs() + 20.0
+    v.requires_grad_()
+    K = torch.tensor([[50.0, 0.5, 24.0], [0.0, 51.0, 23.0], [0.0, 0.0, 1.0]], dtype=dtype).expand(3, 3, 3)
+    ref = project_vertices(v, K)
+    out = project(v, K, "numba")
+    assert torch.equal(out, ref)  # same operations in the same order and dtype: bit-identical
+    w = torch.randn(ref.shape, generator=g, dtype=dtype)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), v)
+    (g_out,) = torch.autograd.grad((project(v, K, "numba") * w).sum(), v)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(g_out, g_ref, rtol=tol, atol=tol)

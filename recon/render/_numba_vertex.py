@@ -261,3 +261,56 @@ def shading_backward(n: np.ndarray, light: np.ndarray, g: np.ndarray | None, alb
     _run(_shading_bwd, (n, light, e if g is None else g, e if alb is None else alb, e if shade is None else shade,
                         e if gc is None else gc, gn, gl, ga), n.shape[0], per_worker=1)
     return gn, gl, (ga if gc is not None else None)
+
+
+@njit(cache=True, nogil=True)
+def _project_fwd(v, K, out, t0, t1):
+    """out[b,i] = (u, v, z): u = x/z K00 + y/z K01 + K02, v = y/z K11 + K12, in the inputs' dtype and in
+    the order of recon.render.base.project_vertices (so float32 results are bit-identical to it)."""
+    nv = v.shape[1]
+    for b in range(t0, t1):
+        k00 = K[b, 0, 0]
+        k01 = K[b, 0, 1]
+        k02 = K[b, 0, 2]
+        k11 = K[b, 1, 1]
+        k12 = K[b, 1, 2]
+        for i in range(nv):
+            z = v[b, i, 2]
+            xz = v[b, i, 0] / z
+            yz = v[b, i, 1] / z
+            out[b, i, 0] = xz * k00 + yz * k01 + k02
+            out[b, i, 1] = yz * k11 + k12
+            out[b, i, 2] = z
+
+
+@njit(cache=True, nogil=True)
+def _project_bwd(v, K, g, gv, t0, t1):
+    nv = v.shape[1]
+    for b in range(t0, t1):
+        k00 = np.float64(K[b, 0, 0])
+        k01 = np.float64(K[b, 0, 1])
+        k11 = np.float64(K[b, 1, 1])
+        for i in range(nv):
+            x = np.float64(v[b, i, 0])
+            y = np.float64(v[b, i, 1])
+            z = np.float64(v[b, i, 2])
+            gu = np.float64(g[b, i, 0])
+            gw = np.float64(g[b, i, 1])
+            iz = 1.0 / z
+            gv[b, i, 0] = gu * k00 * iz
+            gv[b, i, 1] = (gu * k01 + gw * k11) * iz
+            gv[b, i, 2] = g[b, i, 2] - (gu * (k00 * x + k01 * y) + gw * k11 * y) * iz * iz
+
+
+def project_forward(v: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """v (B,V,3) camera points, K (B,3,3) in v's dtype -> screen (B,V,3) (u px, v px, z) in v's dtype."""
+    out = np.empty(v.shape, dtype=v.dtype)
+    _run(_project_fwd, (v, K, out), v.shape[0], per_worker=1)
+    return out
+
+
+def project_backward(v: np.ndarray, K: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """-> gradient w.r.t. v (B,V,3) in v's dtype."""
+    gv = np.empty(v.shape, dtype=v.dtype)
+    _run(_project_bwd, (v, K, g, gv), v.shape[0], per_worker=1)
+    return gv

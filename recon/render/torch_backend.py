@@ -12,9 +12,10 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .base import RenderOutput, Renderer, project_vertices
+from .base import RenderOutput, Renderer
 from .interpolate import interpolate
 from .rasterize import rasterize, resolve_impl
+from .vertex import project
 
 
 class TorchRenderer(Renderer):
@@ -56,7 +57,7 @@ class TorchRenderer(Renderer):
         K: Tensor,
     ) -> RenderOutput:
         impl = resolve_impl(self.impl, vertices.device)
-        screen = project_vertices(vertices, K)  # (B,V,3) differentiable
+        screen = project(vertices, K, impl)  # (B,V,3) differentiable; = project_vertices
         face, _ = rasterize(screen, triangles, image_size, self.cull_backfaces, self.znear, impl)
         face = face.to(vertices.device)
         image, depth = interpolate(screen, attributes, triangles, face, impl)

@@ -77,6 +77,35 @@ class _ShadingNumba(torch.autograd.Function):
         return g_alb, torch.from_numpy(gn).to(n_dtype), g_light.to(l_dtype)
 
 
+class _ProjectNumba(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vertices: Tensor, K: Tensor):
+        from . import _numba_vertex as k
+
+        v = _np(vertices)
+        kk = _np(K.to(vertices.dtype).expand(vertices.shape[0], 3, 3))
+        ctx.arrays = (v, kk)
+        return torch.from_numpy(k.project_forward(v, kk))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        from . import _numba_vertex as k
+
+        v, kk = ctx.arrays
+        return torch.from_numpy(k.project_backward(v, kk, _np(g.to(torch.from_numpy(v).dtype)))), None
+
+
+def project(vertices: Tensor, K: Tensor, impl: str = "auto") -> Tensor:
+    """:func:`recon.render.base.project_vertices` (camera points (B,V,3) -> (u px, v px, z cm)) with a numba
+    forward and backward on CPU when K needs no gradient; the reference elsewhere."""
+    from .base import project_vertices
+
+    if (resolve_impl(impl, vertices.device) != "numba" or K.requires_grad
+            or vertices.dtype not in (torch.float32, torch.float64)):
+        return project_vertices(vertices, K)
+    return _ProjectNumba.apply(vertices, K)
+
+
 def vertex_normals(verts: Tensor, triangles: Tensor, impl: str = "auto") -> Tensor:
     """Area-weighted unit vertex normals: verts (B,V,3), triangles (F,3) long -> (B,V,3).
 
@@ -120,4 +149,4 @@ def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "
     return _ShadingNumba.apply(albedo, normals, light)
 
 
-__all__ = ["vertex_normals", "shaded_colours"]
+__all__ = ["vertex_normals", "shaded_colours", "project"]
