@@ -157,3 +157,20 @@ def test_numba_projection_equals_project_vertices(dtype):
     (g_out,) = torch.autograd.grad((project(v, K, "numba") * w).sum(), v)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(g_out, g_ref, rtol=tol, atol=tol)
+
+
+def test_fill_holes_fast_equals_the_model_method(mm):
+    from recon.face import fill_holes_fast
+
+    g = torch.Generator().manual_seed(6)
+    v = (mm.mean + 0.2 * torch.randn(2, mm.n_vertices, 3, generator=g)).double().requires_grad_()
+    for attrs in (None, torch.rand(2, mm.n_vertices, 3, generator=g, dtype=torch.float64),
+                  torch.rand(2, mm.n_vertices, 2, generator=g, dtype=torch.float64)):
+        ref, fast = mm.fill_holes(v, attrs), fill_holes_fast(mm, v, attrs)
+        assert torch.equal(ref[1], fast[1])
+        assert torch.allclose(ref[0], fast[0], atol=1e-12)
+        assert (ref[2] is None and fast[2] is None) or torch.equal(ref[2], fast[2])
+    w = torch.randn(2, mm.n_vertices + mm.hole_weights.shape[0], 3, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((mm.fill_holes(v)[0] * w).sum(), v)
+    (g_fast,) = torch.autograd.grad((fill_holes_fast(mm, v)[0] * w).sum(), v)
+    assert torch.allclose(g_fast, g_ref, atol=1e-12)
