@@ -128,11 +128,13 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
                      "images_per_s": args.batch / med, "all_s": times[name], **rows[name]}
     return {"config": None if args.config is None else str(args.config), "overrides": list(args.override),
             "batch": args.batch, "size": args.size, "backbone": args.backbone, "head": args.head,
-            "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock, "synth_batch_s": synth_s, "variants": res}
+            "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock, "synth_batch_s": synth_s,
+            "variants": res}
 
 
 def markdown(r: Dict[str, Any]) -> str:
-    src = f"config {r['config']} {' '.join('-o ' + o for o in r['overrides'])}".rstrip() + ", " if r.get("config") else ""
+    over = " ".join("-o " + o for o in r.get("overrides", []))
+    src = f"config {r['config']} {over}".rstrip() + ", " if r.get("config") else ""
     lines = [f"Joint vs FR-only training step: {src}{r['backbone']}, {r['head']} head, batch {r['batch']}, "
              f"{r['size']} px, median of {r['repeats']} alternated steps"
              + (", CPU time of this process" if r.get("clock") == "process" else ""),

@@ -38,10 +38,12 @@ from _report import finish  # noqa: E402  (bench/ is on sys.path when a script h
 PARTS: List[Tuple[str, str, Any]] = [
     ("recon.face", "face_geometry", "face geometry (shape, normals, albedo)"),
     ("recon.canonical", "render_canonical", "render canonical + depth"),
-    ("recon.face", "render_face", lambda n: "render input view (L_reco)" if n % 2 == 0 else "render novel view (L_view)"),
+    ("recon.face", "render_face",
+     lambda n: "render input view (L_reco)" if n % 2 == 0 else "render novel view (L_view)"),
     ("joint.losses", "reconstruction_terms", "L_reco terms"),
 ]
-ORDER = ["regressor", "face geometry (shape, normals, albedo)", "render canonical + depth", "render input view (L_reco)", "L_reco terms",
+ORDER = ["regressor", "face geometry (shape, normals, albedo)", "render canonical + depth",
+         "render input view (L_reco)", "L_reco terms",
          "render novel view (L_view)", "backbone", "head", "other", "optimizer step"]
 
 
