@@ -88,15 +88,13 @@ def synthetic_batch(n: int, size: int, device: torch.device) -> Dict[str, Any]:
 
 
 def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) -> Dict[str, Any]:
-    from joint.losses import joint_loss
     from joint.model import JointModel
+    from joint.step import train_step
 
     t0 = time.perf_counter()
     batch = synthetic_batch(args.batch, args.size, device)
     synth_s = time.perf_counter() - t0
-    images, labels = batch["image"], batch["label"]
-    extras = {k: v for k, v in batch.items() if k not in ("image", "label", "n_bad", "n_seen")}
-    num_classes = int(labels.max()) + 1
+    num_classes = int(batch["label"].max()) + 1
     models, opts = {}, {}
     rows: Dict[str, Dict[str, Any]] = {}
     for name in names:
@@ -112,11 +110,7 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
             m = models[name]
             _sync(device)
             t = clock()
-            out = m.trunk(images, extras)
-            loss, _ = joint_loss(out, labels, m.head, m.lambdas)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
+            train_step(m, batch, opts[name])  # the training loop's own step
             _sync(device)
             if i >= args.warmup:
                 times[name].append(clock() - t)

@@ -148,14 +148,12 @@ def reconstruction_error(model: torch.nn.Module, images: torch.Tensor, coeffs: t
     neutral-expression identity shape of the regressed and of the ground-truth coefficients (N, P)."""
     from recon.losses import vertex_error_mm
 
-    from .model import resize
-
     trunk = model.trunk
     mm, _, layout = trunk._assets(device)
     errs = []
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size].to(device)
-        pred = layout.split(trunk.regressor(resize(x, trunk.regressor_size)))["id"]
+        pred = layout.split(trunk.regress(x))["id"]
         gt = layout.split(coeffs[s : s + batch_size].to(device, pred.dtype))["id"]
         errs.append(vertex_error_mm(mm.shape(pred, None), mm.shape(gt, None)).double().cpu())
     return float(torch.cat(errs).mean())

@@ -99,9 +99,13 @@ class JointTrunk(nn.Module):
             parts.append(depth)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
+    def regress(self, images: torch.Tensor) -> torch.Tensor:
+        """Coefficients (B,P) of images (B,3,H,W) in [0,1], resized to the regressor's input size first."""
+        return self.regressor(resize(images, self.regressor_size))
+
     def canonical(self, images: torch.Tensor):
         """Regress coefficients and render (canonical, depth) resized to the FR input size."""
-        coeffs = self.regressor(resize(images, self.regressor_size))
+        coeffs = self.regress(images)
         canon, depth, _ = self._canonical_renders(coeffs)
         return coeffs, canon, depth
 
@@ -135,7 +139,7 @@ class JointTrunk(nn.Module):
         batch = batch or {}
         if not self.use_recon:
             return {"z": self.backbone(resize(images, self.image_size))}
-        coeffs = self.regressor(resize(images, self.regressor_size))
+        coeffs = self.regress(images)
         canon, depth, neutral = self._canonical_renders(coeffs)
         out: Dict[str, Any] = {"coeffs": coeffs}
         out["z"] = self.backbone(self.fr_input(images, canon, depth))

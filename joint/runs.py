@@ -53,9 +53,7 @@ def regress_coeffs(trunk: Any, images: torch.Tensor) -> torch.Tensor:
     """A joint trunk's coefficient regressor on float images (B,3,H,W) in [0,1] -> coefficients (B,P)
     (recon.coeffs.CoeffLayout order): the images are first resized to ``trunk.regressor_size`` exactly as
     in training (joint.model.resize: bilinear, antialiased when shrinking). Gradients as the caller has them."""
-    from joint.model import resize
-
-    return trunk.regressor(resize(images, int(trunk.regressor_size)))
+    return trunk.regress(images)
 
 
 def load_regressor(path: str, device: Any = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
