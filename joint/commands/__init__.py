@@ -10,6 +10,7 @@ COMMANDS = [
     "export",
     "visualize",
     "landmarks",
+    "regressor",
     "study",
     "modes",
     "report",
