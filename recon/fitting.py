@@ -10,12 +10,13 @@ recon.photos). Coarse to fine, with Adam:
                     (light starts from a linear least-squares fit to the photo).
 
 Units: images float RGB in [0,1] (B,3,H,W); landmarks pixels (B,68,2) in the DESIGN.md convention;
-losses are dimensionless: the landmark term is the mean squared point error divided by the squared
-inter-ocular distance (so NME^2), the photometric term the mean per-pixel RGB distance inside the
-rendered face mask.
+every loss is recon.losses.reconstruction_loss (one L_reco composer) with FitConfig.weights (default
+FIT_WEIGHTS): the landmark term is the mean squared point error divided by the squared inter-ocular
+distance (so NME^2), the photometric term the mean per-pixel RGB distance inside the rendered face mask.
 
 `train_regressor(images, landmarks, ...)` trains recon.regressor.CoeffRegressor on real aligned crops
-with landmarks precomputed by `lh2face landmarks` (see recon.landmarks.cache), with the same losses.
+(`crops_from_cache`) and synthetic faces with ground truth, with the same composer and REGRESSOR_WEIGHTS;
+`lh2face regressor` (recon.pretrain) runs it to make the bundled pretrained regressor.
 """
 
 from __future__ import annotations
@@ -102,10 +103,6 @@ class FitResult:
     render: Dict[str, Tensor]
     layout: CoeffLayout
     seconds: float = 0.0
-
-    def loss_curve(self, key: str = "total") -> np.ndarray:
-        """The per-step values of one loss term (default the total) as a float array."""
-        return np.array([h.get(key, np.nan) for h in self.history], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -434,21 +431,17 @@ def evaluate_regressor(regressor: torch.nn.Module, images: ArrayLike, landmarks:
 # coefficients and, above all, the identity shape (gt_shape, cm^2), which is what the vertex error measures.
 REGRESSOR_WEIGHTS = L.ReconLossWeights(photometric=0.0, landmark=50.0, prior_id=2e-4, prior_expr=1e-3,
                                        prior_albedo=3e-4, prior_expr_range=10.0, light=0.0, gt_coeffs=1.0,
-                                       gt_shape=20.0)
+                                       gt_shape=20.0)  # gt_shape on cm^2: ~0.36 cm^2 for the mean face
 
 
-def _synthetic_batch(synthetic: Any, idx: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
-    """(images (B,3,S,S) [0,1], coeffs (B,P), landmarks (B,68,2)) from a dict of arrays (image, coeffs,
-    landmarks; images uint8 (N,S,S,3) or float (N,3,S,S)) or a sequence of such dicts (SyntheticFaces)."""
-    if isinstance(synthetic, dict):
-        x = _as_image_batch(synthetic["image"][np.asarray(idx)])
-        c = torch.as_tensor(np.asarray(synthetic["coeffs"])[np.asarray(idx)]).float()
-        lm = torch.as_tensor(np.asarray(synthetic["landmarks"])[np.asarray(idx)]).float()
-        return x, c, lm
-    items = [synthetic[i] for i in idx]
-    return (torch.stack([torch.as_tensor(it["image"]) for it in items]).float(),
-            torch.stack([torch.as_tensor(it["coeffs"]) for it in items]).float(),
-            torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).float())
+def _synthetic_batch(synthetic: Dict[str, Any], idx: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(images (B,3,S,S) [0,1], coeffs (B,P), landmarks (B,68,2)) rows `idx` of a dict of arrays image (uint8
+    (N,S,S,3) or float (N,3,S,S)), coeffs, landmarks (recon.pretrain.synthetic_arrays)."""
+    rows = np.asarray(idx)
+    x = _as_image_batch(synthetic["image"][rows])
+    c = torch.as_tensor(np.asarray(synthetic["coeffs"])[rows]).float()
+    lm = torch.as_tensor(np.asarray(synthetic["landmarks"])[rows]).float()
+    return x, c, lm
 
 
 def train_regressor(
@@ -475,7 +468,7 @@ def train_regressor(
     landmarks: (N,68,2) crop pixels. Loss: recon.losses.reconstruction_loss with `weights` (default
     REGRESSOR_WEIGHTS). Real crops give the landmark loss and the priors, and the masked photometric loss
     of the re-render (recon.face.render_face) when weights.photometric > 0. `synthetic`: a dict of arrays
-    image / coeffs / landmarks (or a sequence of such dicts, e.g. recon.synth.SyntheticFaces);
+    image / coeffs / landmarks (recon.pretrain.synthetic_arrays renders one);
     `synthetic_fraction` of each batch then comes from it, with the ground-truth terms (gt_coeffs,
     gt_shape) added. Adam with a cosine decay of the rate to 5 %. threads: torch intra-op threads while
     training (restored afterwards). Returns (regressor in eval mode, history: one dict of floats per step,
@@ -518,7 +511,7 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
     fwd = _Forward(model, renderer, intrinsics((H, W)).to(device), (H, W))
     lm_w = torch.from_numpy(_LM_WEIGHTS).to(device)
     n_synth = 0 if synthetic is None else min(batch_size - 1, max(1, round(batch_size * synthetic_fraction)))
-    n_syn_total = 0 if synthetic is None else len(synthetic["coeffs"] if isinstance(synthetic, dict) else synthetic)
+    n_syn_total = 0 if synthetic is None else len(synthetic["coeffs"])
     opt = torch.optim.Adam(regressor.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / steps)))
     regressor.train()

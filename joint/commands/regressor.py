@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
                          synth_identities=args.synth_identities, synth_images=args.synth_images,
                          eval_identities=args.eval_identities, lfw_train_people=args.lfw_train_people,
                          fit_photos=args.fit_photos, seed=args.seed)
-    command = "lh2face regressor " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "lh2face regressor"
+    command = (f"nice lh2face regressor --threads {args.threads or 'N'} --size {cfg.size} --width {cfg.width} "
+               f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --synth-identities "
+               f"{cfg.synth_identities} --synth-images {cfg.synth_images} --eval-identities {cfg.eval_identities} "
+               f"--lfw-train-people {cfg.lfw_train_people} --fit-photos {cfg.fit_photos} --seed {cfg.seed}")
     try:
         reg, metrics = pretrain_regressor(args.att or _default_data("att_faces"), args.lfw or _default_data("lfw-dev"),
                                           args.work, cfg, progress=not args.quiet)
