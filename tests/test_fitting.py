@@ -145,7 +145,8 @@ def test_train_regressor_with_synthetic_ground_truth(model, renderer, real_crops
     torch.manual_seed(0)
     reg = CoeffRegressor(layout=CoeffLayout.from_model(model), image_size=56, width=8, hidden=64)
     reg, hist = train_regressor(imgs[:, ::2, ::2].copy(), lms / 2.0, regressor=reg, model=model, renderer=renderer,
-                                steps=30, batch_size=4, lr=3e-3, synthetic=synth, threads=1)
+                                steps=60, batch_size=4, lr=3e-3, synthetic=synth, threads=1,
+                                weights=replace(REGRESSOR_WEIGHTS, gt_shape=1.0))
     coeff = np.array([h["synth/gt_coeffs"] for h in hist])
     assert {"synth/gt_coeffs", "synth/gt_shape", "synth/landmark", "real/landmark", "real/prior"} <= set(hist[0])
-    assert coeff[-5:].mean() < 0.8 * coeff[:5].mean()  # learns the ground-truth coefficients
+    assert coeff[-10:].mean() < 0.9 * coeff[:10].mean()  # learns the ground-truth coefficients
