@@ -120,7 +120,7 @@ def test_regressor_command_toy_scale(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["regressor", "--att", str(tmp_path / "att"), "--lfw", str(tmp_path / "lfw"), "--lfw-train-people", "2",
             "--out", str(out), "--work", str(work), "--size", "32", "--width", "8", "--steps", "3", "--batch-size", "4",
-            "--synth-identities", "3", "--synth-images", "2", "--eval-identities", "2", "--fit-photos", "1",
+            "--synth-identities", "3", "--synth-images", "2", "--eval-identities", "2", "--fit-photos", "0",
             "--threads", "1", "--quiet"]
     assert main(args) == 0
     reg = load_pretrained_regressor(out / "regressor.pt")
