@@ -69,7 +69,7 @@ def make_config(variant: Optional[Dict[str, Any]], args: argparse.Namespace) -> 
         "data": {"kind": "synthetic", "image_size": args.size},
         "model": {"backbone": args.backbone, "embedding_size": args.embedding_size, "head": args.head,
                   "input_mode": variant["input_mode"]},
-        "recon": {"prior": 0.001, "gt_coeffs": True},
+        "recon": {"weights": {"prior_id": 0.001, "prior_expr": 0.001, "prior_albedo": 0.001, "prior_expr_range": 0.01, "gt_coeffs": 1.0}},
         "loss": {"reco": variant["reco"], "canon": variant["canon"], "view": variant["view"]},
         "run": {"device": args.device},
     })

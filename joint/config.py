@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 from lh2face.config import ConfigError, dump_yaml, from_dict, load_yaml, merge_overrides
+from recon.losses import ReconLossWeights
 
 # The input modes: which channels the backbone sees (nothing else). rgb = the image (3 channels);
 # +canonical = the canonical-pose render of the regressed face (3 more); +depth = its depth (1 more).
@@ -63,16 +64,22 @@ class ModelConfig:
 
 @dataclass
 class ReconConfig:
-    """The reconstruction branch (used when input_mode is not 'rgb' or any recon lambda is > 0)."""
+    """The reconstruction branch (used when input_mode is not 'rgb' or any recon lambda is > 0).
+
+    `weights` holds every L_reco term weight (recon.losses.ReconLossWeights: photometric, landmark,
+    prior_id, prior_expr, prior_albedo, prior_expr_range, light, gt_coeffs, gt_shape); `loss.reco` scales
+    L_reco as a whole inside L_train. Ground-truth terms apply only when the data set has coefficients.
+    """
 
     renderer: str = "auto"
+    # where the regressor starts: "default" = the bundled pretrained regressor (assets/regressor/, or a
+    # fresh one when regressor_options ask for another architecture), "none" = from scratch, or a path
+    regressor_init: str = "default"
     regressor_options: Dict[str, Any] = field(default_factory=dict)
-    regressor_size: int = 0  # the regressor sees the image resized to this size (0 = data.image_size)
-    photometric: float = 1.0
-    landmark: float = 1.0
-    prior: float = 1.0
-    gt_coeffs: bool = False  # add a ground-truth coefficient loss when the data set has coefficients
-    gt_coeffs_weight: float = 1.0
+    # the regressor sees the image resized to this size (0 = the pretrained regressor's own size, or
+    # data.image_size for a fresh regressor)
+    regressor_size: int = 0
+    weights: ReconLossWeights = field(default_factory=ReconLossWeights)
     view_yaw_deg: float = 30.0  # novel view for L_view: yaw perturbation drawn from +-this
     view_pitch_deg: float = 10.0
 
@@ -217,6 +224,11 @@ def validate(cfg: TrainConfig, check_names: bool = True, check_paths: bool = Tru
     _check(cfg.eval.n_folds >= 2, "eval.n_folds must be >= 2")
     for name in ("reco", "canon", "view"):
         _check(getattr(cfg.loss, name) >= 0, f"loss.{name} must be >= 0")
+    _check(cfg.recon.regressor_size >= 0, "recon.regressor_size must be >= 0 (0 = the regressor's own size)")
+    init = cfg.recon.regressor_init
+    if check_paths and init not in ("default", "none"):
+        _check(resolve_path(init).is_file(), f"recon.regressor_init: file '{init}' does not exist; give a regressor "
+                                             "written by `lh2face regressor`, 'default' (the bundled one) or 'none'")
     if check_paths:
         if d.kind == "imagefolder":
             root = resolve_path(d.root)

@@ -3,8 +3,8 @@
 - L_FR: the FR head (recognition.heads) on the embedding of the (multi-channel) input.
 - L_FR^canon: the same head on the embedding of the canonical renders alone (see joint.model).
 - L_view: mean (1 - cos(z, z_view)) between the embedding of the input and of a re-rendered novel view.
-- L_reco: photometric (masked) + landmark + coefficient priors (+ ground-truth coefficients, a switch),
-  each weighted by the `recon` config section; terms come from recon.losses.
+- L_reco: photometric (masked) + landmark + coefficient priors (+ ground-truth coefficients / shape),
+  composed by recon.losses.reconstruction_loss with the weights of the `recon.weights` config section.
 """
 
 from __future__ import annotations
@@ -24,22 +24,16 @@ def view_loss(z: torch.Tensor, z_view: torch.Tensor) -> torch.Tensor:
 
 def reconstruction_terms(rendered: Dict[str, torch.Tensor], images: torch.Tensor, coeffs: torch.Tensor,
                          batch: Dict[str, Any], cfg: ReconConfig, mm: Any = None, layout: Any = None) -> Dict[str, torch.Tensor]:
-    """Weighted L_reco terms (recon.losses): ``photometric`` (masked by the render's coverage), ``landmark``
-    (when the batch has 68 landmarks in pixels of `images`), ``prior`` and, with ``cfg.gt_coeffs`` and
-    ground-truth ``coeffs`` in the batch, ``gt_coeffs``."""
-    from recon import losses as rl
+    """Weighted L_reco terms (recon.losses.reconstruction_loss with the ``recon.weights`` section):
+    ``photometric`` (masked by the render's coverage), ``landmark`` (when the batch has 68 landmarks in
+    pixels of `images`), ``prior`` and, when the batch has ground-truth ``coeffs``, ``gt_coeffs`` /
+    ``gt_shape`` (weights > 0)."""
+    from recon.coeffs import CoeffLayout
+    from recon.losses import reconstruction_loss
 
-    terms: Dict[str, torch.Tensor] = {}
-    if cfg.photometric > 0:
-        terms["photometric"] = cfg.photometric * rl.photometric_loss(rendered["image"], images, rendered["mask"])
-    lms = batch.get("landmarks") if batch else None
-    if cfg.landmark > 0 and lms is not None:
-        terms["landmark"] = cfg.landmark * rl.landmark_loss(rendered["landmarks2d"], lms.to(coeffs))
-    if cfg.prior > 0:
-        terms["prior"] = cfg.prior * rl.prior_loss(coeffs, layout)
-    gt = batch.get("coeffs") if batch else None
-    if cfg.gt_coeffs and gt is not None:
-        terms["gt_coeffs"] = cfg.gt_coeffs_weight * rl.coefficient_loss(coeffs, gt.to(coeffs), layout)[0]
+    batch = batch or {}
+    _, terms = reconstruction_loss(rendered, images, coeffs, layout or CoeffLayout(), cfg.weights,
+                                   landmarks=batch.get("landmarks"), gt_coeffs=batch.get("coeffs"), model=mm)
     return terms
 
 

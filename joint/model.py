@@ -66,12 +66,12 @@ class JointTrunk(nn.Module):
         self.regressor: Optional[nn.Module] = None
         self._mm: list = []  # morphable model and renderer kept out of state_dict (fixed assets)
         self.regressor_size = int(self.recon_cfg.regressor_size or image_size)
-        if self.use_recon:
-            from recon.coeffs import CoeffLayout
-            from recon.regressor import CoeffRegressor
+        if self.use_recon:  # recon.regressor_init: the bundled pretrained regressor, none, or a path
+            from recon.regressor import build_regressor
 
-            self.regressor = CoeffRegressor(CoeffLayout(), image_size=self.regressor_size,
-                                            **self.recon_cfg.regressor_options)
+            self.regressor = build_regressor(self.recon_cfg.regressor_init, self.recon_cfg.regressor_options,
+                                             image_size=self.regressor_size)
+            self.regressor_size = int(self.recon_cfg.regressor_size or self.regressor.image_size)
 
     # --------------------------------------------------------------------------------- recon assets
     def _assets(self, device: torch.device):

@@ -10,19 +10,20 @@ recon.photos). Coarse to fine, with Adam:
                     (light starts from a linear least-squares fit to the photo).
 
 Units: images float RGB in [0,1] (B,3,H,W); landmarks pixels (B,68,2) in the DESIGN.md convention;
-losses are dimensionless: the landmark term is the mean squared point error divided by the squared
-inter-ocular distance (so NME^2), the photometric term the mean per-pixel RGB distance inside the
-rendered face mask.
+every loss is recon.losses.reconstruction_loss (one L_reco composer) with FitConfig.weights (default
+FIT_WEIGHTS): the landmark term is the mean squared point error divided by the squared inter-ocular
+distance (so NME^2), the photometric term the mean per-pixel RGB distance inside the rendered face mask.
 
 `train_regressor(images, landmarks, ...)` trains recon.regressor.CoeffRegressor on real aligned crops
-with landmarks precomputed by `lh2face landmarks` (see recon.landmarks.cache), with the same losses.
+(`crops_from_cache`) and synthetic faces with ground truth, with the same composer and REGRESSOR_WEIGHTS;
+`lh2face regressor` (recon.pretrain) runs it to make the bundled pretrained regressor.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -45,6 +46,11 @@ _LM_WEIGHTS[0:17] = 0.5
 _LM_WEIGHTS[27:36] = 2.0  # nose
 _LM_WEIGHTS[60:68] = 2.0  # inner lips
 
+# The per-photo fit's L_reco weights: landmarks on NME^2, priors on sum(c^2) (coefficients ~ N(0,1)),
+# light on the colour spread of the SH coefficients (keeps it near white).
+FIT_WEIGHTS = L.ReconLossWeights(photometric=1.0, landmark=50.0, prior_id=2e-4, prior_expr=1e-3,
+                                 prior_albedo=3e-4, prior_expr_range=10.0, light=1e-2)
+
 
 @dataclass
 class FitConfig:
@@ -62,18 +68,18 @@ class FitConfig:
     lr_shape: float = 0.05
     lr_albedo: float = 0.05
     lr_light: float = 0.03
-    w_landmark: float = 50.0  # on NME^2
-    w_photo: float = 1.0
-    w_id: float = 2e-4  # on sum(id^2) (id ~ N(0,1))
-    w_expr: float = 1e-3  # on sum(expr^2), plus a range penalty keeping expr in [0,1]
-    w_albedo: float = 3e-4
-    w_light: float = 1e-2  # keeps the light close to white (colour spread of the SH coefficients)
+    # L_reco weights (recon.losses.reconstruction_loss); the pose stage uses the landmark weight only
+    weights: L.ReconLossWeights = field(default_factory=lambda: replace(FIT_WEIGHTS))
     landmark_weights: Optional[Sequence[float]] = None  # (68,), default _LM_WEIGHTS
     seed: int = 0
     # torch intra-op threads during the fit (restored afterwards). The tensors are small, so one thread
     # is as fast as several on an idle machine and far faster on a busy one (measured 35 ms vs 810 ms
     # per photometric step with 2 threads on 2 oversubscribed cores); None leaves torch's setting alone.
     threads: Optional[int] = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, dict):  # FitConfig(**asdict(cfg)) passes the weights as a dict
+            self.weights = L.ReconLossWeights(**self.weights)
 
 
 @dataclass
@@ -97,10 +103,6 @@ class FitResult:
     render: Dict[str, Tensor]
     layout: CoeffLayout
     seconds: float = 0.0
-
-    def loss_curve(self, key: str = "total") -> np.ndarray:
-        """The per-step values of one loss term (default the total) as a float array."""
-        return np.array([h.get(key, np.nan) for h in self.history], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -291,14 +293,8 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
     t_scale = torch.tensor([1.0, 1.0, 10.0])
     history: List[Dict[str, Any]] = []
 
-    prior_weights = {"id": cfg.w_id, "expr": cfg.w_expr, "albedo": cfg.w_albedo, "expr_range": 10.0}
-
-    def priors(p: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        prior, _ = L.coefficient_priors(layout.join(p), layout, prior_weights)
-        light = p["light"].reshape(B, 3, 9)
-        # keeps the light close to white: spread of the SH coefficients over the colour channels
-        white = cfg.w_light * ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()
-        return {"prior": prior, "light": white}
+    w_pose = L.ReconLossWeights(photometric=0.0, landmark=cfg.weights.landmark, prior_id=0.0, prior_expr=0.0,
+                                prior_albedo=0.0, prior_expr_range=0.0)
 
     def run_stage(stage: str, steps: int, groups: List[Tuple[List[str], float]], photo: bool,
                   lbfgs: bool = False) -> None:
@@ -327,18 +323,10 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
         def evaluate() -> Tuple[Tensor, Dict[str, Tensor]]:
             p = dict(params)
             p["translation"] = base_t + delta * t_scale
-            terms: Dict[str, Tensor] = {}
-            if photo:
-                out = fwd.render(p)
-                m = out["mask"] if mask is None else out["mask"] * mask
-                terms["photo"] = cfg.w_photo * L.photometric_loss(out["image"], img, m)
-                lm = out["landmarks2d"]
-            else:
-                lm = fwd.landmarks(p)
-            terms["landmark"] = cfg.w_landmark * L.landmark_loss(lm, target, weights=w_lm)
-            if stage != "pose":
-                terms.update(priors(p))
-            return sum(terms.values()), terms
+            rendered = fwd.render(p) if photo else {"landmarks2d": fwd.landmarks(p)}
+            return L.reconstruction_loss(rendered, img, layout.join(p), layout,
+                                         w_pose if stage == "pose" else cfg.weights, landmarks=target,
+                                         landmark_weights=w_lm, mask=mask)
 
         for step in range(steps):
             record: Dict[str, Any] = {}
@@ -439,6 +427,23 @@ def evaluate_regressor(regressor: torch.nn.Module, images: ArrayLike, landmarks:
     return np.concatenate(out)
 
 
+# Regressor training: landmarks + tiny priors on real crops; on synthetic faces also the ground-truth
+# coefficients and, above all, the identity shape (gt_shape, cm^2), which is what the vertex error measures.
+REGRESSOR_WEIGHTS = L.ReconLossWeights(photometric=0.0, landmark=50.0, prior_id=2e-4, prior_expr=1e-3,
+                                       prior_albedo=3e-4, prior_expr_range=10.0, light=0.0, gt_coeffs=1.0,
+                                       gt_shape=20.0)  # gt_shape on cm^2: ~0.36 cm^2 for the mean face
+
+
+def _synthetic_batch(synthetic: Dict[str, Any], idx: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(images (B,3,S,S) [0,1], coeffs (B,P), landmarks (B,68,2)) rows `idx` of a dict of arrays image (uint8
+    (N,S,S,3) or float (N,3,S,S)), coeffs, landmarks (recon.pretrain.synthetic_arrays)."""
+    rows = np.asarray(idx)
+    x = _as_image_batch(synthetic["image"][rows])
+    c = torch.as_tensor(np.asarray(synthetic["coeffs"])[rows]).float()
+    lm = torch.as_tensor(np.asarray(synthetic["landmarks"])[rows]).float()
+    return x, c, lm
+
+
 def train_regressor(
     images: ArrayLike,
     landmarks: ArrayLike,
@@ -449,95 +454,108 @@ def train_regressor(
     batch_size: int = 16,
     lr: float = 1e-3,
     synthetic: Any = None,
-    w_landmark: float = 50.0,
-    w_photo: float = 1.0,
-    w_coeffs: float = 1.0,
-    prior_weights: Optional[Dict[str, float]] = None,
+    synthetic_fraction: float = 0.5,
+    weights: Optional[L.ReconLossWeights] = None,
     seed: int = 0,
-    log_every: int = 0,
     threads: Optional[int] = None,
+    progress: bool = False,
+    device: Union[str, torch.device] = "cpu",
+    callback: Any = None,
 ) -> Tuple[torch.nn.Module, List[Dict[str, float]]]:
     """Train a CoeffRegressor on real aligned crops (self-supervised) and optionally synthetic faces.
 
     images: uint8 (N,S,S,3) or float (N,3,S,S) aligned crops (e.g. from `crops_from_cache`);
-    landmarks: (N,68,2) crop pixels (precomputed by `lh2face landmarks`). Per step, a batch of real
-    crops gives the masked photometric loss of the re-render (recon.face.render_face), the 68-landmark
-    loss and the coefficient priors (w_photo=0: landmarks and priors only, no rendering). `synthetic`: optional sequence of dicts with image (3,S,S),
-    coeffs (P,) and landmarks (68,2) (recon.synth.SyntheticFaces): half of each step's batch then
-    comes from it with the ground-truth coefficient loss and landmark loss added.
-    threads: torch intra-op threads while training (restored afterwards; None: leave as is).
-    Returns (regressor, history: one dict of floats per step).
+    landmarks: (N,68,2) crop pixels. Loss: recon.losses.reconstruction_loss with `weights` (default
+    REGRESSOR_WEIGHTS). Real crops give the landmark loss and the priors, and the masked photometric loss
+    of the re-render (recon.face.render_face) when weights.photometric > 0. `synthetic`: a dict of arrays
+    image / coeffs / landmarks (recon.pretrain.synthetic_arrays renders one);
+    `synthetic_fraction` of each batch then comes from it, with the ground-truth terms (gt_coeffs,
+    gt_shape) added. Adam with a cosine decay of the rate to 5 %. threads: torch intra-op threads while
+    training (restored afterwards). Returns (regressor in eval mode, history: one dict of floats per step,
+    keys total, real/<term>, synth/<term>). device: where to train (inputs stay on the CPU until batched);
+    callback(step, regressor): called after every optimiser step (e.g. to evaluate now and then).
     """
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
         return _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
-                                w_landmark, w_photo, w_coeffs, prior_weights, seed, log_every)
+                                synthetic_fraction, weights or REGRESSOR_WEIGHTS, seed, progress, torch.device(device),
+                                callback)
     finally:
         torch.set_num_threads(before)
 
 
 def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
-                     w_landmark, w_photo, w_coeffs, prior_weights, seed, log_every):
+                     synthetic_fraction, weights, seed, progress, device, callback):
+    from tqdm import tqdm
+
     from .regressor import CoeffRegressor
 
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = model if model is not None else MorphableModel()
-    if renderer is None:
-        from .render import build_renderer
-
-        renderer = build_renderer("torch")
+    model = (model if model is not None else MorphableModel()).to(device)
     img = _as_image_batch(images)
     N, _, H, W = img.shape
     if N == 0:
-        raise ValueError("train_regressor needs at least one image (does the landmark cache hold any face?)")
+        raise ValueError("train_regressor needs at least one real image (does the landmark cache hold any face?)")
     lm = _as_landmarks(landmarks, N)
     layout = CoeffLayout.from_model(model)
-    regressor = regressor if regressor is not None else CoeffRegressor(layout=layout, image_size=H)
+    regressor = (regressor if regressor is not None else CoeffRegressor(layout=layout, image_size=H)).to(device)
     if getattr(regressor, "layout", layout) != layout:
         raise ValueError(f"regressor layout {regressor.layout} does not match the model's {layout}")
-    K = intrinsics((H, W))
-    fwd = _Forward(model, renderer, K, (H, W))
-    pw = {"id": 2e-4, "expr": 1e-3, "albedo": 3e-4, "expr_range": 10.0, **(prior_weights or {})}
+    if weights.photometric > 0 and renderer is None:
+        from .render import build_renderer
+
+        renderer = build_renderer("torch")
+    fwd = _Forward(model, renderer, intrinsics((H, W)).to(device), (H, W))
+    lm_w = torch.from_numpy(_LM_WEIGHTS).to(device)
+    n_synth = 0 if synthetic is None else min(batch_size - 1, max(1, round(batch_size * synthetic_fraction)))
+    n_syn_total = 0 if synthetic is None else len(synthetic["coeffs"])
     opt = torch.optim.Adam(regressor.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / steps)))
     regressor.train()
     history: List[Dict[str, float]] = []
-    n_real = batch_size if synthetic is None else max(1, batch_size // 2)
-    for step in range(steps):
-        idx = torch.randint(0, N, (min(n_real, N),), generator=gen)
-        x, target = img[idx], lm[idx]
-        coeffs = regressor(x)
-        terms: Dict[str, Tensor] = {}
-        if w_photo > 0:
-            out = render_face(model, renderer, coeffs, (H, W), K=K, layout=layout, dynamic_contour=True)
-            terms["photo"] = w_photo * L.photometric_loss(out["image"], x, out["mask"])
-            pred_lm = out["landmarks2d"]
-        else:  # landmarks only: no render needed
-            p = layout.split(coeffs)
-            p["albedo"] = p["albedo"].reshape(coeffs.shape[0], -1)
-            pred_lm = fwd.landmarks(p)
-        terms["landmark"] = w_landmark * L.landmark_loss(pred_lm, target, weights=torch.from_numpy(_LM_WEIGHTS))
-        terms["prior"] = L.coefficient_priors(coeffs, layout, pw)[0]
-        if synthetic is not None:
-            sidx = torch.randint(0, len(synthetic), (batch_size - n_real,), generator=gen).tolist()
-            items = [synthetic[i] for i in sidx]
-            sx = torch.stack([torch.as_tensor(it["image"]) for it in items]).float()
-            sc = torch.stack([torch.as_tensor(it["coeffs"]) for it in items]).float()
-            sl = torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).float()
-            pred = regressor(sx)
-            terms["coeffs"] = w_coeffs * L.coefficient_loss(pred, sc, layout)[0]
-            sp = layout.split(pred)
-            sp["albedo"] = sp["albedo"].reshape(len(items), -1)
-            slm = _Forward(model, None, intrinsics(tuple(sx.shape[-2:])), tuple(sx.shape[-2:])).landmarks(sp)
-            terms["landmark_synth"] = w_landmark * L.landmark_loss(slm, sl)
-        total = sum(terms.values())
+    bar = tqdm(range(steps), desc="regressor", unit="step", disable=not progress, mininterval=2.0)
+    for step in bar:
+        idx = torch.randint(0, N, (min(batch_size - n_synth, N),), generator=gen)
+        x, target = img[idx].to(device), lm[idx].to(device)
+        if n_synth:
+            sidx = torch.randint(0, n_syn_total, (n_synth,), generator=gen).tolist()
+            sx, sc, sl = (t.to(device) for t in _synthetic_batch(synthetic, sidx))
+            coeffs_all = regressor(torch.cat([x, sx.to(x)]))  # one pass: BatchNorm sees both
+            coeffs, scoeffs = coeffs_all[: len(idx)], coeffs_all[len(idx):]
+        else:
+            coeffs = regressor(x)
+        if weights.photometric > 0:
+            rendered = render_face(model, renderer, coeffs, (H, W), K=fwd.K, layout=layout, dynamic_contour=True)
+        else:
+            rendered = {"landmarks2d": fwd.landmarks(_split_flat(layout, coeffs))}
+        total, terms = L.reconstruction_loss(rendered, x, coeffs, layout, weights, landmarks=target, model=model,
+                                             landmark_weights=lm_w)
+        logs = {f"real/{k}": float(v.detach()) for k, v in terms.items()}
+        if n_synth:
+            s_fwd = fwd if sx.shape[-2:] == (H, W) else _Forward(model, None, intrinsics(tuple(sx.shape[-2:])).to(device),
+                                                                  tuple(sx.shape[-2:]))
+            s_total, s_terms = L.reconstruction_loss({"landmarks2d": s_fwd.landmarks(_split_flat(layout, scoeffs))},
+                                                     None, scoeffs, layout, weights, landmarks=sl, gt_coeffs=sc,
+                                                     model=model)
+            total = (total * len(idx) + s_total * n_synth) / (len(idx) + n_synth)
+            logs.update({f"synth/{k}": float(v.detach()) for k, v in s_terms.items()})
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        history.append({"step": step, "total": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
-        if log_every and step % log_every == 0:
-            print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "step"))
+        sched.step()
+        history.append({"step": step, "total": float(total.detach()), **logs})
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+        if callback is not None:
+            callback(step, regressor)
     regressor.eval()
     return regressor, history
+
+
+def _split_flat(layout: CoeffLayout, coeffs: Tensor) -> Dict[str, Tensor]:
+    p = layout.split(coeffs)
+    p["albedo"] = p["albedo"].reshape(coeffs.shape[0], -1)
+    return p

@@ -7,6 +7,9 @@ Shapes: images (B,3,H,W) in [0,1]; masks (B,1,H,W) in [0,1]; landmarks (B,68,2) 
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 import torch
 
@@ -159,3 +162,102 @@ def prior_loss(coeffs: torch.Tensor, layout: CoeffLayout | None = None,
         raise ValueError(f"coefficients (B,{layout.size}) expected for {layout}, got {tuple(coeffs.shape)}; "
                          "pass the matching CoeffLayout")
     return coefficient_priors(coeffs, layout, weights)[0]
+
+
+# ------------------------------------------------------------------------------------------- L_reco
+
+
+@dataclass
+class ReconLossWeights:
+    """Weights of every L_reco term (0 switches a term off). One set serves joint training
+    (config section ``recon.weights``), the per-photo fit (recon.fitting.FitConfig.weights) and regressor
+    training (recon.fitting.train_regressor).
+
+    photometric: masked RGB distance of the re-render (needs rendered image + mask);
+    landmark: 68-point loss on NME^2 (needs target landmarks); prior_id / prior_expr / prior_albedo: on
+    sum(c^2) of those slices; prior_expr_range: keeps expressions in [0,1]; light: colour spread of the
+    SH coefficients (keeps the light near white); gt_coeffs: ground-truth coefficient loss
+    (coefficient_loss, needs gt); gt_shape: mean squared vertex distance (cm^2) of the neutral identity
+    shapes of prediction and ground truth (needs gt and the morphable model).
+    """
+
+    photometric: float = 1.0
+    landmark: float = 1.0
+    prior_id: float = 1.0
+    prior_expr: float = 1.0
+    prior_albedo: float = 1.0
+    prior_expr_range: float = 10.0
+    light: float = 0.0
+    gt_coeffs: float = 0.0
+    gt_shape: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"reconstruction loss weight {name} must be a finite number >= 0, got {value!r}")
+
+    def scaled(self, factor: float) -> "ReconLossWeights":
+        """Every weight times `factor`."""
+        return ReconLossWeights(**{k: v * factor for k, v in asdict(self).items()})
+
+
+_GRAMS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def identity_gram(model: Any) -> torch.Tensor:
+    """(n_id,n_id) Gram matrix B^T B / V of the model's identity basis (cm^2), cached per model: the mean
+    squared vertex distance between two identity shapes is d^T G d for d the coefficient difference."""
+    g = _GRAMS.get(model)
+    if g is None or g.device != model.id_basis.device:
+        b = model.id_basis.reshape(model.id_basis.shape[0], -1).double()
+        g = (b @ b.T / model.n_vertices).float()
+        _GRAMS[model] = g
+    return g
+
+
+def light_whiteness(light: torch.Tensor) -> torch.Tensor:
+    """Colour spread of SH light (B,27) (3 channels x 9 bands): batch mean of the squared deviation of
+    each band's R, G, B from their mean (0 for white light)."""
+    l3 = light.reshape(light.shape[0], 3, 9)
+    return ((l3 - l3.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()
+
+
+def reconstruction_loss(rendered: Mapping[str, torch.Tensor] | None, images: torch.Tensor | None,
+                        coeffs: torch.Tensor, layout: CoeffLayout, weights: ReconLossWeights,
+                        landmarks: torch.Tensor | None = None, gt_coeffs: torch.Tensor | None = None,
+                        model: Any = None, landmark_weights: torch.Tensor | None = None,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_reco: the weighted sum of the terms whose weight is > 0 and whose inputs are present.
+
+    rendered: dict with ``image`` (B,3,H,W) and ``mask`` (B,1,H,W) (for photometric) and ``landmarks2d``
+    (B,68,2) pixels (for landmark), e.g. recon.face.render_face's output; a dict with only landmarks2d
+    when nothing is rendered. images (B,3,H,W) [0,1] the targets of the photometric term; coeffs (B,P)
+    predicted; landmarks (B,68,2) targets in pixels; gt_coeffs (B,P); model: MorphableModel (gt_shape);
+    landmark_weights (68,) per-point weights; mask (B,1,H,W) extra photometric mask.
+    Returns (total 0-d tensor, dict of weighted terms: photometric, landmark, prior, light, gt_coeffs,
+    gt_shape; `prior` sums the prior_* parts).
+    """
+    w = weights
+    terms: dict[str, torch.Tensor] = {}
+    if w.photometric > 0 and rendered is not None and "image" in rendered and images is not None:
+        m = rendered["mask"] if mask is None else rendered["mask"] * mask
+        terms["photometric"] = w.photometric * photometric_loss(rendered["image"], images, m)
+    if w.landmark > 0 and landmarks is not None:
+        if rendered is None or "landmarks2d" not in rendered:
+            raise ValueError("the landmark term needs rendered['landmarks2d'] (B,68,2) pixels")
+        terms["landmark"] = w.landmark * landmark_loss(rendered["landmarks2d"], landmarks.to(coeffs),
+                                                       weights=landmark_weights)
+    prior_w = {"id": w.prior_id, "expr": w.prior_expr, "albedo": w.prior_albedo, "expr_range": w.prior_expr_range}
+    if any(v > 0 for v in prior_w.values()):
+        terms["prior"] = prior_loss(coeffs, layout, prior_w)
+    if w.light > 0:
+        terms["light"] = w.light * light_whiteness(layout.split(coeffs)["light"])
+    if gt_coeffs is not None and w.gt_coeffs > 0:
+        terms["gt_coeffs"] = w.gt_coeffs * coefficient_loss(coeffs, gt_coeffs.to(coeffs), layout)[0]
+    if gt_coeffs is not None and w.gt_shape > 0:
+        if model is None:
+            raise ValueError("the gt_shape term needs the MorphableModel (model=...)")
+        d = layout.split(coeffs)["id"] - layout.split(gt_coeffs.to(coeffs))["id"]
+        terms["gt_shape"] = w.gt_shape * ((d @ identity_gram(model).to(d)) * d).sum(1).mean()
+    total = sum(terms.values()) if terms else coeffs.sum() * 0.0
+    return total, terms

@@ -12,6 +12,7 @@ a zero-initialised output layer. Outputs are mapped slice by slice:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +46,9 @@ class CoeffRegressor(nn.Module):
         super().__init__()
         self.layout = layout or CoeffLayout()
         self.image_size = image_size
+        self._arch = {"image_size": int(image_size), "width": int(width), "hidden": int(hidden),
+                      "max_angles": tuple(float(a) for a in max_angles),
+                      "translation_scale": tuple(float(t) for t in translation_scale)}
         c = [width, 2 * width, 4 * width, 8 * width, 8 * width]
         self.trunk = nn.Sequential(
             _conv_bn(3, c[0], 3, 2),
@@ -63,6 +67,11 @@ class CoeffRegressor(nn.Module):
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():
             self.head.bias.copy_(self.raw_from_coeffs(mean[None])[0])
+
+    def architecture(self) -> dict:
+        """Constructor arguments (layout as its sizes) that rebuild this network (see save_regressor)."""
+        return {"layout": {"n_id": self.layout.n_id, "n_expr": self.layout.n_expr,
+                           "n_albedo": self.layout.n_albedo}, **self._arch}
 
     def coeffs_from_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """Map the head's raw output (B,P) to coefficients (B,P)."""
@@ -87,3 +96,73 @@ class CoeffRegressor(nn.Module):
             raise ValueError(f"CoeffRegressor expects images (B,3,H,W) in [0,1], got {tuple(image.shape)}")
         x = self.trunk(image * 2.0 - 1.0)
         return self.coeffs_from_raw(self.head(self.hidden(x)))
+
+
+# ------------------------------------------------------------------------------------ saved regressors
+
+REGRESSOR_FORMAT = "lh2face-coeff-regressor-v1"
+DEFAULT_REGRESSOR = ("regressor", "regressor.pt")  # under the assets folder (lh2face.paths.assets_dir)
+
+
+class RegressorLoadError(ValueError):
+    """A saved regressor file is missing, corrupt or does not fit the coefficient layout."""
+
+
+def default_regressor_path() -> Path:
+    """The bundled pretrained regressor, assets/regressor/regressor.pt (may not exist)."""
+    from lh2face.paths import assets_dir
+
+    return assets_dir().joinpath(*DEFAULT_REGRESSOR)
+
+
+def save_regressor(regressor: CoeffRegressor, path: str | Path, meta: dict | None = None,
+                   half: bool = True) -> None:
+    """Write `regressor` (architecture + weights, float16 when `half`) atomically with a checksum
+    (lh2face.io.save_checkpoint); `meta`: JSON-like facts stored beside it (data, figures)."""
+    from lh2face.io import save_checkpoint
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).clone()
+             for k, v in regressor.state_dict().items()}
+    save_checkpoint(path, {"format": REGRESSOR_FORMAT, "architecture": regressor.architecture(),
+                           "state_dict": state, "meta": dict(meta or {})})
+
+
+def load_pretrained_regressor(path: str | Path | None = None) -> CoeffRegressor:
+    """A saved CoeffRegressor (float32, eval mode) from `path` (None or "default": the bundled
+    assets/regressor/regressor.pt). Raises RegressorLoadError with one line for a missing or corrupt
+    file. The file's meta dict is kept as `regressor.meta`."""
+    from lh2face.io import CheckpointError, load_checkpoint
+
+    path = default_regressor_path() if path in (None, "default") else Path(path)
+    try:
+        data = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise RegressorLoadError(f"{exc}; train one with `lh2face regressor` or set recon.regressor_init: none") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on garbage
+        raise RegressorLoadError(f"{path}: unreadable regressor file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(data, dict) or data.get("format") != REGRESSOR_FORMAT:
+        raise RegressorLoadError(f"{path}: not a saved CoeffRegressor (format {REGRESSOR_FORMAT} expected)")
+    arch = dict(data["architecture"])
+    layout = CoeffLayout(**arch.pop("layout"))
+    reg = CoeffRegressor(layout=layout, **arch)
+    try:
+        reg.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()})
+    except RuntimeError as exc:
+        raise RegressorLoadError(f"{path}: weights do not match the stored architecture ({exc})") from None
+    reg.meta = dict(data.get("meta", {}))
+    return reg.eval()
+
+
+def build_regressor(init: str, options: dict | None = None, image_size: int = 112) -> CoeffRegressor:
+    """The regressor joint training starts from (config recon.regressor_init / regressor_options).
+
+    init "none": a fresh CoeffRegressor(image_size=image_size, **options); "default": the bundled
+    pretrained regressor, or a fresh one when `options` ask for another architecture (or no asset is
+    installed); anything else: a path to a file written by save_regressor (options must then be empty)."""
+    options = dict(options or {})
+    if init == "none" or (init == "default" and (options or not default_regressor_path().is_file())):
+        return CoeffRegressor(CoeffLayout(), image_size=image_size, **options)
+    if options and init != "default":
+        raise ValueError(f"recon.regressor_options {options} cannot change a loaded regressor ({init}); "
+                         "set recon.regressor_init: none to build a fresh one")
+    return load_pretrained_regressor(init).train()

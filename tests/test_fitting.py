@@ -13,7 +13,9 @@ from lh2face.align import align_face
 from lh2face.io import read_image
 from recon import CoeffLayout, MorphableModel
 from recon.face import render_face
-from recon.fitting import FitConfig, evaluate_regressor, fit_image, landmark_nme, train_regressor
+from dataclasses import replace
+
+from recon.fitting import REGRESSOR_WEIGHTS, FitConfig, evaluate_regressor, fit_image, landmark_nme, train_regressor
 from recon.landmarks import build_detector
 from recon.render import build_renderer
 
@@ -77,9 +79,9 @@ def test_fit_recovers_pose_of_a_synthetic_face(model, renderer):
     assert res.nme_before[0] > 0.05 and res.nme_after[0] < 0.015, (res.nme_before, res.nme_after)
     pose = _stage(res, "pose")
     assert pose[-1] < 0.1 * pose[0]  # the rigid stage removes most of the landmark error
-    photo = _stage(res, "photo", "photo")
+    photo = _stage(res, "photo", "photometric")
     assert photo[-1] < photo[0]
-    assert len(res.loss_curve()) == 25 + 30 + 15
+    assert len(res.history) == 25 + 30 + 15
 
 
 def test_fit_real_photo_lowers_landmark_error(model, renderer, real_crops):
@@ -87,9 +89,9 @@ def test_fit_real_photo_lowers_landmark_error(model, renderer, real_crops):
     cfg = FitConfig(steps_pose=25, steps_shape=40, steps_photo=20)
     res = fit_image(imgs[2], lms[2], model=model, renderer=renderer, config=cfg)
     assert res.nme_after[0] < 0.04 and res.nme_after[0] < 0.5 * res.nme_before[0], (res.nme_before, res.nme_after)
-    photo = _stage(res, "photo", "photo")
+    photo = _stage(res, "photo", "photometric")
     assert photo[-5:].mean() < photo[:5].mean()  # the photometric curve falls
-    assert np.isfinite(res.loss_curve()).all()
+    assert np.isfinite([h["total"] for h in res.history]).all()
     mask = res.render["mask"][0, 0] > 0.5
     err = (res.render["image"][0] - torch.from_numpy(imgs[2]).permute(2, 0, 1) / 255.0).norm(dim=0)[mask].mean()
     assert err < 0.2  # mean RGB distance inside the face
@@ -106,6 +108,8 @@ def test_fit_rejects_bad_input(model, renderer):
         fit_image(np.zeros((4, 5, 6, 7, 8), np.float32), np.zeros((68, 2)), model=model, renderer=renderer)
     with pytest.raises(TypeError):
         FitConfig(step_photo=3)  # misspelt field
+    with pytest.raises(ValueError, match="landmark must be"):
+        FitConfig(weights={"landmark": float("nan")})
 
 
 def test_train_regressor_on_real_crops(model, renderer, real_crops):
@@ -118,15 +122,16 @@ def test_train_regressor_on_real_crops(model, renderer, real_crops):
     reg = CoeffRegressor(layout=CoeffLayout.from_model(model), image_size=56, width=8, hidden=64)
     before = evaluate_regressor(reg, small, small_lm, model)
     reg, hist = train_regressor(small, small_lm, regressor=reg, model=model, renderer=renderer,
-                                steps=40, batch_size=4, lr=3e-3, w_photo=0.0, threads=1)
+                                steps=40, batch_size=4, lr=3e-3, threads=1)
     after = evaluate_regressor(reg, small, small_lm, model)
     total = np.array([h["total"] for h in hist])
     assert total[-5:].mean() < total[:5].mean()
     assert after.mean() < before.mean(), (before, after)
     # the photometric path (re-render of the regressed face against the crop) runs and is finite
     reg, hist = train_regressor(small, small_lm, regressor=reg, model=model, renderer=renderer,
-                                steps=2, batch_size=2, lr=1e-4, threads=1)
-    assert 0.0 < hist[-1]["photo"] < 1.0 and np.isfinite(hist[-1]["total"])
+                                steps=2, batch_size=2, lr=1e-4, threads=1,
+                                weights=replace(REGRESSOR_WEIGHTS, photometric=1.0))
+    assert 0.0 < hist[-1]["real/photometric"] < 1.0 and np.isfinite(hist[-1]["total"])
 
 
 def test_train_regressor_with_synthetic_ground_truth(model, renderer, real_crops):
@@ -134,11 +139,14 @@ def test_train_regressor_with_synthetic_ground_truth(model, renderer, real_crops
     from recon.synth import SyntheticFaces
 
     imgs, lms = real_crops
-    synth = SyntheticFaces(3, 2, seed=1, image_size=56)
+    from recon.pretrain import synthetic_arrays
+
+    synth = synthetic_arrays(SyntheticFaces(3, 2, seed=1, image_size=56), progress=False)
     torch.manual_seed(0)
     reg = CoeffRegressor(layout=CoeffLayout.from_model(model), image_size=56, width=8, hidden=64)
     reg, hist = train_regressor(imgs[:, ::2, ::2].copy(), lms / 2.0, regressor=reg, model=model, renderer=renderer,
-                                steps=30, batch_size=4, lr=3e-3, synthetic=synth, w_photo=0.0, threads=1)
-    coeff = np.array([h["coeffs"] for h in hist])
-    assert {"coeffs", "landmark_synth", "landmark", "prior"} <= set(hist[0])
-    assert coeff[-5:].mean() < 0.8 * coeff[:5].mean()  # learns the ground-truth coefficients
+                                steps=60, batch_size=4, lr=3e-3, synthetic=synth, threads=1,
+                                weights=replace(REGRESSOR_WEIGHTS, gt_shape=1.0))
+    coeff = np.array([h["synth/gt_coeffs"] for h in hist])
+    assert {"synth/gt_coeffs", "synth/gt_shape", "synth/landmark", "real/landmark", "real/prior"} <= set(hist[0])
+    assert coeff[-10:].mean() < 0.9 * coeff[:10].mean()  # learns the ground-truth coefficients

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recon.losses import ReconLossWeights
+
 from joint.config import LossConfig, ReconConfig
 from joint.losses import joint_loss, view_loss
 from joint.model import JointModel, mode_channels
@@ -29,7 +31,7 @@ def synth_batch():
 def _model(mode: str, lambdas: LossConfig, head: str = "lh2face") -> JointModel:
     torch.manual_seed(0)
     return JointModel(4, backbone="mobilefacenet", embedding_size=32, head=head, input_mode=mode,
-                      image_size=SIZE, recon=ReconConfig(gt_coeffs=True, regressor_options={"width": 8, "hidden": 32}),
+                      image_size=SIZE, recon=ReconConfig(weights=ReconLossWeights(gt_coeffs=1.0), regressor_options={"width": 8, "hidden": 32}),
                       lambdas=lambdas)
 
 

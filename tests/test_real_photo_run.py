@@ -38,7 +38,7 @@ def run(tmp_path_factory):
         "data": {"kind": "imagefolder", "root": str(aligned), "train_identities": 4, "image_size": 48},
         "model": {"input_mode": "rgb+canonical+depth", "embedding_size": 16, "head": "arcface"},
         "loss": {"reco": 1.0},
-        "recon": {"landmark": 1.0},
+        "recon": {"weights": {"landmark": 1.0}},
         "schedule": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 0, "log_every": 1},
         "eval": {"n_folds": 2},
         "run": {"progress": False, "tensorboard": False, "plots": False, "threads": 1, "device": "cpu"},

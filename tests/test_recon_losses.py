@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -166,3 +167,82 @@ def test_regressor_initial_output_is_mean_frontal_and_bounded():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     with pytest.raises(ValueError, match="CoeffRegressor expects"):
         net(torch.rand(2, 1, 112, 112))
+
+
+def _fixed_reco_input():
+    """A fixed batch: renders, targets, coefficients and ground truth (default MorphableModel layout)."""
+    g = torch.Generator().manual_seed(7)
+    L = CoeffLayout()
+    B, S = 3, 8
+    rendered = {"image": torch.rand(B, 3, S, S, generator=g), "mask": (torch.rand(B, 1, S, S, generator=g) > 0.3).float(),
+                "landmarks2d": torch.rand(B, 68, 2, generator=g) * S}
+    images = torch.rand(B, 3, S, S, generator=g)
+    coeffs = torch.randn(B, L.size, generator=g) * 0.5
+    gt = torch.randn(B, L.size, generator=g) * 0.5
+    lms = torch.rand(B, 68, 2, generator=g) * S
+    return L, rendered, images, coeffs, gt, lms
+
+
+def test_reconstruction_loss_equals_the_former_joint_terms():
+    """The composer reproduces what joint/losses.py summed before (cfg.photometric, landmark, prior, gt_coeffs
+    weights times the separate recon.losses terms) on a fixed input."""
+    from recon.losses import ReconLossWeights, prior_loss, reconstruction_loss
+
+    L, rendered, images, coeffs, gt, lms = _fixed_reco_input()
+    p, lw, pr, gw = 0.7, 1.3, 0.001, 2.0  # the former recon.photometric / landmark / prior / gt_coeffs_weight
+    old = {"photometric": p * photometric_loss(rendered["image"], images, rendered["mask"]),
+           "landmark": lw * landmark_loss(rendered["landmarks2d"], lms),
+           "prior": pr * prior_loss(coeffs, L),
+           "gt_coeffs": gw * coefficient_loss(coeffs, gt, L)[0]}
+    w = ReconLossWeights(photometric=p, landmark=lw, prior_id=pr, prior_expr=pr, prior_albedo=pr,
+                         prior_expr_range=10 * pr, gt_coeffs=gw)
+    total, terms = reconstruction_loss(rendered, images, coeffs, L, w, landmarks=lms, gt_coeffs=gt)
+    assert set(terms) == set(old)
+    for k in old:
+        torch.testing.assert_close(terms[k], old[k], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(total, sum(old.values()), rtol=1e-6, atol=1e-9)
+    # terms without their inputs (no landmarks, no ground truth) are left out, zero weights too
+    _, terms = reconstruction_loss(rendered, images, coeffs, L, w)
+    assert set(terms) == {"photometric", "prior"}
+    _, terms = reconstruction_loss(rendered, images, coeffs, L, ReconLossWeights(photometric=0, prior_id=0, prior_expr=0,
+                                                                                  prior_albedo=0, prior_expr_range=0),
+                                   landmarks=lms)
+    assert set(terms) == {"landmark"}
+
+
+def test_reconstruction_loss_equals_the_former_fit_terms():
+    """The per-photo fit's former terms: photometric under an extra mask, per-point landmark weights x 50,
+    priors with their own weights, and the light whiteness written out by hand."""
+    from recon.fitting import _LM_WEIGHTS, FIT_WEIGHTS
+    from recon.losses import reconstruction_loss
+
+    L, rendered, images, coeffs, _, lms = _fixed_reco_input()
+    extra = torch.zeros_like(rendered["mask"])
+    extra[..., :4] = 1.0
+    w_lm = torch.from_numpy(_LM_WEIGHTS)
+    light = L.split(coeffs)["light"].reshape(3, 3, 9)
+    old = {"photometric": photometric_loss(rendered["image"], images, rendered["mask"] * extra),
+           "landmark": 50.0 * landmark_loss(rendered["landmarks2d"], lms, weights=w_lm),
+           "prior": coefficient_priors(coeffs, L, {"id": 2e-4, "expr": 1e-3, "albedo": 3e-4, "expr_range": 10.0})[0],
+           "light": 1e-2 * ((light - light.mean(1, keepdim=True)) ** 2).sum((1, 2)).mean()}
+    _, terms = reconstruction_loss(rendered, images, coeffs, L, FIT_WEIGHTS, landmarks=lms, landmark_weights=w_lm,
+                                   mask=extra)
+    assert set(terms) == set(old)
+    for k in old:
+        torch.testing.assert_close(terms[k], old[k], rtol=1e-6, atol=1e-9)
+
+
+def test_gt_shape_term_is_the_mean_squared_vertex_distance():
+    from recon.losses import ReconLossWeights, reconstruction_loss
+    from recon.morphable import MorphableModel
+
+    mm = MorphableModel()
+    L, _, _, coeffs, gt, _ = _fixed_reco_input()
+    zero = ReconLossWeights(photometric=0, landmark=0, prior_id=0, prior_expr=0, prior_albedo=0, prior_expr_range=0)
+    _, terms = reconstruction_loss(None, None, coeffs, L, replace(zero, gt_shape=3.0), gt_coeffs=gt, model=mm)
+    d = mm.shape(L.split(coeffs)["id"], None) - mm.shape(L.split(gt)["id"], None)  # (B,V,3) cm
+    torch.testing.assert_close(terms["gt_shape"], 3.0 * (d**2).sum(-1).mean(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="MorphableModel"):
+        reconstruction_loss(None, None, coeffs, L, replace(zero, gt_shape=1.0), gt_coeffs=gt)
+    with pytest.raises(ValueError, match="must be a finite number"):
+        ReconLossWeights(landmark=-1.0)

@@ -15,7 +15,7 @@ def test_joint_run_with_loader_workers_crosses_epochs(tmp_path):
                  "synth_eval_identities": 3, "synth_eval_images": 2, "num_workers": 1, "flip": False},
         "model": {"backbone": "mobilefacenet", "embedding_size": 32, "head": "cosface",
                   "head_options": {"s": 16.0}, "input_mode": "rgb+canonical+depth"},
-        "recon": {"gt_coeffs": True},
+        "recon": {"weights": {"gt_coeffs": 1.0}},
         "loss": {"reco": 1.0, "canon": 0.5, "view": 0.0},
         "optim": {"name": "adamw", "lr": 0.001},
         "schedule": {"steps": 5, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 0},

@@ -12,6 +12,7 @@ COMMANDS = [
     "visualize",
     "landmarks",
     "align",
+    "regressor",
     "study",
     "report",
     "embed",

@@ -1,0 +1,91 @@
+"""`lh2face regressor [--out assets/regressor] [--work DIR]`: train the pretrained reconstruction regressor.
+
+Trains recon.regressor.CoeffRegressor on synthetic faces with ground truth (recon.synth) plus real aligned
+crops with 68 dlib landmarks (AT&T and the first --lfw-train-people people of lfw-dev), measures it on
+held-out synthetic identities (vertex error, mm) and the held-out lfw-dev people (landmark NME beside the
+mean face and the per-photo fit), and writes OUT/regressor.pt (float16, atomic), OUT/metrics.json and
+OUT/README.md. Landmark caches and rendered synthetic sets are kept under --work, so a rerun only trains.
+Seeded: the same command gives the same file. Exit code 0 on success, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+
+NAME = "regressor"
+HELP = "train the pretrained reconstruction regressor (synthetic + AT&T + lfw-dev) into assets/regressor/"
+
+
+def _default_data(name: str) -> str:
+    from lh2face.paths import assets_dir
+
+    for cand in (assets_dir() / name, assets_dir().parent.parent / "shared" / "data" / name,
+                 Path("../shared/data") / name):
+        if cand.is_dir():
+            return str(cand)
+    return str(Path("../shared/data") / name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from recon.pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    parser.add_argument("--out", default=None, help="output folder (default: the bundled assets/regressor)")
+    parser.add_argument("--work", default="runs/regressor_work",
+                        help="cache folder for landmark caches and rendered synthetic faces")
+    parser.add_argument("--att", default=None, help="AT&T ImageFolder (default assets/att_faces)")
+    parser.add_argument("--lfw", default=None, help="lfw-dev ImageFolder (default ../shared/data/lfw-dev)")
+    parser.add_argument("--lfw-train-people", type=int, default=d.lfw_train_people,
+                        help="the first N lfw-dev people (sorted) train, the rest are held out")
+    parser.add_argument("--size", type=int, default=d.size, help="input size of the regressor in pixels")
+    parser.add_argument("--width", type=int, default=d.width, help="channels of the regressor's first stage")
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (cosine decay to 5 %%)")
+    parser.add_argument("--synth-identities", type=int, default=d.synth_identities)
+    parser.add_argument("--synth-images", type=int, default=d.synth_images, help="images per synthetic identity")
+    parser.add_argument("--eval-identities", type=int, default=d.eval_identities,
+                        help="held-out synthetic identities (another seed) for the vertex error")
+    parser.add_argument("--fit-photos", type=int, default=d.fit_photos,
+                        help="held-out lfw-dev crops also fitted per photo, for the NME comparison (0 = none)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/regressor.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    code = apply_threads(args)
+    if code is not None:
+        return code
+    from recon.pretrain import PretrainConfig, pretrain_regressor, write_asset
+    from recon.regressor import default_regressor_path
+
+    out = Path(args.out) if args.out else default_regressor_path().parent
+    if (out / "regressor.pt").exists() and not args.overwrite:
+        print(f"error: {out / 'regressor.pt'} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    cfg = PretrainConfig(size=args.size, width=args.width, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         synth_identities=args.synth_identities, synth_images=args.synth_images,
+                         eval_identities=args.eval_identities, lfw_train_people=args.lfw_train_people,
+                         fit_photos=args.fit_photos, seed=args.seed)
+    command = (f"nice lh2face regressor --threads {args.threads or 'N'} --size {cfg.size} --width {cfg.width} "
+               f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --synth-identities "
+               f"{cfg.synth_identities} --synth-images {cfg.synth_images} --eval-identities {cfg.eval_identities} "
+               f"--lfw-train-people {cfg.lfw_train_people} --fit-photos {cfg.fit_photos} --seed {cfg.seed}")
+    try:
+        reg, metrics = pretrain_regressor(args.att or _default_data("att_faces"), args.lfw or _default_data("lfw-dev"),
+                                          args.work, cfg, progress=not args.quiet)
+        write_asset(reg, metrics, out, command)
+    except USER_ERRORS as exc:
+        return user_error(exc)
+    print(f"vertex error {metrics['vertex_error_mm']:.2f} mm (mean face {metrics['vertex_error_mm_mean_face']:.2f}) on "
+          f"{metrics['synth_eval_images']} held-out synthetic faces; landmark NME {metrics['nme']:.4f} (mean frontal "
+          f"face {metrics['nme_mean_frontal_face']:.4f}"
+          + (f", per-photo fit {metrics['nme_fit']:.4f} on {metrics['fit_photos']}" if "nme_fit" in metrics else "")
+          + f") on {metrics['heldout_real_crops']} held-out lfw-dev crops; wrote {out / 'regressor.pt'}")
+    return 0
