@@ -171,7 +171,8 @@ class MorphableModel(nn.Module):
         self._check_verts(verts)
         n_holes = self.hole_weights.shape[0]
         w = self._hole_vert_weights.to(verts)[:, None]
-        centres = verts.new_zeros(verts.shape[0], n_holes, 3).index_add(1, self._hole_ids, verts[:, self._hole_verts] * w)
+        gathered = verts[:, self._hole_verts] * w  # (B,N,3) boundary vertices times their weights
+        centres = verts.new_zeros(verts.shape[0], n_holes, 3).index_add(1, self._hole_ids, gathered)
         v = torch.cat([verts, centres], 1)
         tris = torch.cat([self.triangles, self.fill_triangles], 0)
         if attributes is None:

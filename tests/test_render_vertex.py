@@ -1,9 +1,10 @@
 """The fast per-vertex path of the face renders (recon.render.vertex, recon.face.FaceGeometry) against the
 reference maths, and the face renders in float32 under autocast.
 
-Truth: area-weighted vertex normals written out here in numpy float64 (a loop-free np.add.at over the
-faces), recon.lighting.sh_shading (the reference torch code), the dense hole-fill product hole_weights @ verts, and the pre-sharing render path written out here step by step (normals of the camera-space mesh,
-colour and depth from separate renders)."""
+Truth: area-weighted vertex normals written out here in numpy float64 (np.add.at over the faces),
+recon.lighting.sh_shading (the reference torch code), the dense hole-fill product hole_weights @ verts,
+and the pre-sharing render path written out here step by step (normals of the camera-space mesh, colour
+and depth from separate renders)."""
 
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def test_fill_holes_equals_dense_weighted_mean(mm):
         if attrs is None:
             assert out_attrs is None
         else:
-            extra = mm.hole_colours.double().expand(2, -1, -1) if attrs.shape[-1] == 3 else torch.zeros(2, H, 2).double()
+            three = attrs.shape[-1] == 3
+            extra = mm.hole_colours.double().expand(2, -1, -1) if three else torch.zeros(2, H, 2, dtype=torch.float64)
             assert torch.equal(out_attrs, torch.cat([attrs, extra], 1))
     w = torch.randn(2, mm.n_vertices + H, 3, generator=g, dtype=torch.float64)
     (g_ref,) = torch.autograd.grad((dense(v) * w).sum(), v)

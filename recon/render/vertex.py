@@ -2,10 +2,11 @@
 
 Vertex normals: :func:`vertex_normals` is the one implementation (MorphableModel.vertex_normals calls it),
 with a torch path (``impl='torch'``, the path on other devices) and, on CPU with numba, fused kernels.
-Shading: same maths as :func:`recon.lighting.sh_shading` (the reference and the path on other devices); on CPU with numba the forward and backward are
-fused numba kernels (``_numba_vertex``) instead of a dozen full-size tensor ops each, the step's largest
-render cost before (docs/BENCH.md, "joint step breakdown"). Results agree with the reference to float
-rounding (the kernels accumulate in float64); ``tests/test_render_vertex.py`` checks values and gradients.
+Shading: same maths as :func:`recon.lighting.sh_shading` (the reference and the path on other devices).
+On CPU with numba the forward and backward are fused numba kernels (``_numba_vertex``) instead of a dozen
+full-size tensor ops each, the step's largest render cost before (docs/BENCH.md, "joint step breakdown").
+Results agree with the reference to float rounding (the kernels accumulate in float64);
+``tests/test_render_vertex.py`` checks values and gradients.
 """
 
 from __future__ import annotations
@@ -131,16 +132,6 @@ def vertex_normals(verts: Tensor, triangles: Tensor, impl: str = "auto") -> Tens
     return _normals_torch(verts, triangles)
 
 
-def _check_light(normals: Tensor, light: Tensor) -> Tensor:
-    if normals.dim() != 3 or normals.shape[-1] != 3:
-        raise ValueError(f"normals must be (B,V,3), got {tuple(normals.shape)}")
-    if light.dim() == 2 and light.shape[1] == 27:
-        light = light.reshape(-1, 3, 9)
-    if light.dim() != 3 or light.shape[1:] != (3, 9) or light.shape[0] not in (1, normals.shape[0]):
-        raise ValueError(f"light must be (B,27) or (B,3,9) with B={normals.shape[0]}, got {tuple(light.shape)}")
-    return light
-
-
 def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "auto") -> Tuple[Tensor, Tensor]:
     """Lambertian SH shading and the clamped colour: albedo (B,V,3) in [0,1], normals (B,V,3) unit camera
     space, light (B,27) or (B,3,9) -> (colour = clamp(albedo x shading, 0, 1), shading), each (B,V,3).
@@ -148,12 +139,12 @@ def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "
     The shading equals :func:`recon.lighting.sh_shading` (its conventions and shape checks); impl as in
     :func:`vertex_normals` (numba: one fused kernel forward and one backward).
     """
-    if resolve_impl(impl, normals.device) != "numba":
-        from recon.lighting import sh_shading as reference
+    from recon.lighting import check_light, sh_shading
 
-        shade = reference(normals, light)
+    if resolve_impl(impl, normals.device) != "numba":
+        shade = sh_shading(normals, light)
         return (albedo * shade).clamp(0.0, 1.0), shade
-    light = _check_light(normals, light)
+    light = check_light(normals, light)
     if albedo.shape != normals.shape:
         raise ValueError(f"albedo must be (B,V,3) like the normals {tuple(normals.shape)}, got {tuple(albedo.shape)}")
     return _ShadingNumba.apply(albedo, normals, light)
