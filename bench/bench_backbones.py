@@ -27,11 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from recognition.backbones import build_backbone  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from _common import open_device, sync, timed  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 
 def measure(name: str, channels: int, batch: int, size: int, repeats: int, warmup: int, device: torch.device,
@@ -51,15 +47,9 @@ def measure(name: str, channels: int, batch: int, size: int, repeats: int, warmu
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     warm_s = time.perf_counter() - t0
-    times: List[float] = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = timed(step, device, repeats)
     med = statistics.median(times)
     return {
         "model": name,
@@ -110,14 +100,11 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write JSON results here (and .md beside it)")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = open_device("bench_backbones", args.device, args.threads)
+    if device is None:
+        return 2
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-            return 2
         torch.backends.cudnn.benchmark = True
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
         print("error: --batch and --repeats must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2

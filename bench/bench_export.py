@@ -22,21 +22,16 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from _report import finish  # noqa: E402  (bench/ is on sys.path when a script here runs)
+from _common import open_device, time_call  # noqa: E402  (bench/ is on sys.path when a script here runs)
+from _report import finish  # noqa: E402
 
 STAGES = ("render", "export", "synth")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
@@ -75,12 +70,9 @@ def bench(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     try:
         for i in range(args.repeats + 1):
             for k in names:
-                _sync(device)
-                t = time.perf_counter()
-                fns[k]()
-                _sync(device)
+                t = time_call(fns[k], device)
                 if i > 0:
-                    times[k].append(time.perf_counter() - t)
+                    times[k].append(t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {}
@@ -112,15 +104,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="JSON path (a .md with the table is written next to it)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_export: --device cuda asked for but CUDA is not available", file=sys.stderr)
+    device = open_device("bench_export", args.device, args.threads)
+    if device is None:
         return 2
     if args.faces < 1 or args.batch_size < 1 or args.repeats < 1:
         print("bench_export: --faces, --batch-size and --repeats must be >= 1", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     r = bench(args, device)
     return finish(r, device, markdown, args.out)
 

@@ -15,13 +15,14 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 
 from recognition.heads import build_head
+
+from _common import open_device, sync, time_call  # bench/ is on sys.path when a script here runs
 
 VARIANTS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("cosface", "cosface", {}),
@@ -30,11 +31,6 @@ VARIANTS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("lh2face", "lh2face", {}),
     ("lh2face (L_vMF only)", "lh2face", dict(w_pps=0.0, w_pns=0.0, w_pp=0.0)),
 ]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench(num_classes: int, args: argparse.Namespace, device: torch.device) -> Dict[str, Dict[str, float]]:
@@ -55,14 +51,10 @@ def bench(num_classes: int, args: argparse.Namespace, device: torch.device) -> D
     for head in heads.values():
         for _ in range(args.warmup):
             step(head)
-    _sync(device)
+    sync(device)
     for _ in range(args.repeats):
         for label, head in heads.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            step(head)
-            _sync(device)
-            times[label].append(time.perf_counter() - t0)
+            times[label].append(time_call(lambda: step(head), device))
     base = statistics.median(times["cosface"])
     base_min = min(times["cosface"])
     return {k: {"median_ms": 1e3 * statistics.median(v), "ratio_to_cosface": statistics.median(v) / base,
@@ -81,12 +73,9 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_heads: --device cuda asked for but CUDA is not available", file=sys.stderr)
+    device = open_device("bench_heads", args.device, args.threads)
+    if device is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     results: Dict[str, Any] = {}
     for c in args.classes:
         results[str(c)] = bench(c, args, device)

@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from _report import finish  # noqa: E402  (bench/ is on sys.path when a script here runs)
+from _common import open_device, time_call  # noqa: E402  (bench/ is on sys.path when a script here runs)
+from _report import finish  # noqa: E402
 
 VARIANTS = {
     "fr_only": dict(input_mode="rgb", reco=0.0, canon=0.0, view=0.0),
@@ -44,11 +45,6 @@ VARIANTS = {
     "joint_reco": dict(input_mode="rgb+canonical+depth", reco=1.0, canon=0.0, view=0.0),
     "joint_full": dict(input_mode="rgb+canonical+depth", reco=1.0, canon=0.5, view=0.25),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_config(variant: Optional[Dict[str, Any]], args: argparse.Namespace) -> Any:
@@ -108,12 +104,9 @@ def bench(args: argparse.Namespace, device: torch.device, names: Sequence[str]) 
     for i in range(args.repeats + args.warmup):
         for name in names:
             m = models[name]
-            _sync(device)
-            t = clock()
-            train_step(m, batch, opts[name])  # the training loop's own step
-            _sync(device)
+            t = time_call(lambda: train_step(m, batch, opts[name]), device, clock)  # the training loop's own step
             if i >= args.warmup:
-                times[name].append(clock() - t)
+                times[name].append(t)
     base = statistics.median(times[names[0]])
     res = {}
     for name in names:
@@ -185,15 +178,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # ConfigError, missing file, bad override
         print(f"bench_joint: {exc}", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_joint: --device cuda asked for but CUDA is not available", file=sys.stderr)
+    device = open_device("bench_joint", args.device, args.threads)
+    if device is None:
         return 2
     if args.batch < 2 or args.repeats < 1 or args.warmup < 0:
         print("bench_joint: --batch must be >= 2, --repeats >= 1, --warmup >= 0", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if "config" in args.variants and args.config is None:
         print("bench_joint: the 'config' variant needs --config", file=sys.stderr)
         return 2

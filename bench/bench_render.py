@@ -26,9 +26,8 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -39,25 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from recon.render import build_renderer, project_vertices  # noqa: E402
 from recon.render.interpolate import interpolate, soft_silhouette  # noqa: E402
 from recon.render.rasterize import nearest_triangle, rasterize, resolve_impl  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t)
-    return out
+from _common import open_device, timed  # noqa: E402  (bench/ is on sys.path when a script here runs)
 
 
 def load_ict(path: Optional[str] = None):
@@ -128,10 +109,10 @@ def bench_size(size: int, args, verts0: torch.Tensor, tris: torch.Tensor, device
         c.grad = None
 
     raster()
-    t_raster = _time(raster, device, args.repeats, args.warmup)
-    t_interp = _time(interp, device, args.repeats, args.warmup)
-    t_interp_bwd = _time(backward, device, args.repeats, args.warmup)
-    t_total = _time(total, device, args.repeats, args.warmup)
+    t_raster = timed(raster, device, args.repeats, args.warmup)
+    t_interp = timed(interp, device, args.repeats, args.warmup)
+    t_interp_bwd = timed(backward, device, args.repeats, args.warmup)
+    t_total = timed(total, device, args.repeats, args.warmup)
     med = lambda xs: statistics.median(xs) * 1e3  # noqa: E731
     row = {
         "size": size,
@@ -164,7 +145,7 @@ def bench_backbone(args, device: torch.device) -> Optional[Dict[str, Any]]:
         model.zero_grad(set_to_none=True)
         model(x).square().sum().backward()
 
-    t = _time(step, device, max(3, args.repeats // 2), 2)
+    t = timed(step, device, max(3, args.repeats // 2), 2)
     return {"model": "iresnet50", "batch": args.batch, "input": [3, 112, 112], "fwd_bwd_ms": statistics.median(t) * 1e3}
 
 
@@ -209,11 +190,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-backbone", action="store_true", help="skip the IResNet-50 reference")
     p.add_argument("--out", default=None, help="JSON path (a .md with the table is written next to it)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but CUDA is not available", file=sys.stderr)
+    device = open_device("bench_render", args.device, args.threads)
+    if device is None:
         return 2
     verts, tris, mesh_path = load_ict(args.mesh)
     rows = [bench_size(s, args, verts, tris, device) for s in args.sizes]

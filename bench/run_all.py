@@ -13,9 +13,12 @@ ratio is measured inside one process, with the compared variants alternated):
   render     bench/bench_render.py     renderer stages (raster, interpolate, backward, total)
   joint      bench/bench_joint.py      joint training step vs FR-only step
   export     bench/bench_export.py     export / canonical render / synthetic faces per second
+  profile    bench/profile_joint.py    where the joint step (configs/demo.yaml) spends its time, per part
 Writes <out>/<name><suffix>.json per benchmark (suffix `_quick` with --quick, plus `_<device>` off CPU),
 <out>/bench_all<suffix>.json (machine, versions, commands, load averages, every result) and the markdown
-page (--md, default docs/BENCH.md). Exit code 1 when a benchmark failed (the others still run).
+page (--md, default docs/BENCH.md; with --only it holds those benchmarks only). Sections of the existing
+page that carry the KEEP_MARK line (hand-written analyses) are kept, after the generated ones, in their
+order. Exit code 1 when a benchmark failed (the others still run).
 """
 
 from __future__ import annotations
@@ -66,7 +69,15 @@ BENCHES: Dict[str, Dict[str, Any]] = {
         "full": ["--faces", "32", "--batch-size", "16", "--repeats", "5"],
         "threads_flag": "--threads",
     },
+    "profile": {
+        "script": "bench/profile_joint.py",
+        "quick": ["--config", "configs/demo.yaml", "--warmup", "1", "--repeats", "2", "--steps", "1"],
+        "full": ["--config", "configs/demo.yaml"],
+        "threads_flag": "--threads",
+    },
 }
+# A section ("## ..." up to the next "## ") of the markdown page holding this line is hand-written: kept on rewrite.
+KEEP_MARK = "<!-- hand-written: bench/run_all.py keeps this section -->"
 
 
 # ----------------------------------------------------------------------------------------- machine
@@ -224,16 +235,37 @@ def _md_export(r: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _md_profile(r: Dict[str, Any]) -> List[str]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from profile_joint import markdown as profile_markdown
+
+    return profile_markdown(r).rstrip("\n").splitlines()
+
+
 FORMATTERS: Dict[str, Callable[[Dict[str, Any]], List[str]]] = {
-    "backbones": _md_backbones, "heads": _md_heads, "render": _md_render, "joint": _md_joint, "export": _md_export}
+    "backbones": _md_backbones, "heads": _md_heads, "render": _md_render, "joint": _md_joint, "export": _md_export,
+    "profile": _md_profile}
 TITLES = {"backbones": "1. Backbones: fwd+bwd images/s, 3 vs 7 input channels",
           "heads": "2. Heads: fwd+bwd time as a ratio to CosFace",
           "render": "3. Renderer stages",
           "joint": "4. Joint training step vs FR-only step",
-          "export": "5. Export throughput"}
+          "export": "5. Export throughput",
+          "profile": "6. Joint step profile: forward and backward time per part"}
 
 
-def markdown(summary: Dict[str, Any]) -> str:
+def kept_sections(page: str) -> List[str]:
+    """The sections ("## " heading to the next one) of a markdown page that contain KEEP_MARK, in order."""
+    sections: List[List[str]] = []
+    for line in page.splitlines():
+        if line.startswith("## "):
+            sections.append([])
+        if sections:
+            sections[-1].append(line)
+    return ["\n".join(sec).rstrip() for sec in sections if KEEP_MARK in sec]
+
+
+def markdown(summary: Dict[str, Any], keep: Optional[List[str]] = None) -> str:
+    """The page for `summary`; `keep`: hand-written sections (kept_sections) appended after the generated ones."""
     m = summary["machine"]
     load = m.get("load_average")
     lines = ["# lh2face benchmarks", "",
@@ -258,6 +290,8 @@ def markdown(summary: Dict[str, Any]) -> str:
             lines += FORMATTERS[name](rec["result"]) + [""]
         except (KeyError, TypeError, ValueError) as exc:
             lines += [f"(result present but not tabulated: {type(exc).__name__}: {exc}; see the JSON)", ""]
+    for sec in keep or []:
+        lines += [sec, ""]
     return "\n".join(lines)
 
 
@@ -284,11 +318,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "machine": machine_info(args.device), "benches": []}
     from lh2face.io import write_json_atomic, write_text_atomic
 
+    keep = kept_sections(args.md.read_text()) if args.md.exists() else []
     for name in args.only:
         summary["benches"].append(run_bench(name, args, args.out / f"{name}{suffix}.json"))
         write_json_atomic(args.out / f"bench_all{suffix}.json", summary)
-        write_text_atomic(args.md, markdown(summary))
-    print(markdown(summary))
+        write_text_atomic(args.md, markdown(summary, keep))
+    print(markdown(summary, keep))
     return 1 if any("error" in b for b in summary["benches"]) else 0
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .camera import canonical_camera
 from .coeffs import CoeffLayout
-from .face import FaceGeometry, _impl, face_colours, face_geometry, fill_holes_fast
+from .face import FaceGeometry, _impl, face_colours, face_geometry
 from .lighting import standard_light
 from .morphable import MorphableModel
 from .render.base import full_precision_call
@@ -78,5 +78,5 @@ def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.T
         vcam, normals = geometry.shape @ cam.R.T + cam.t, geometry.normals @ cam.R.T
     light = standard_light(ident.shape[0], dtype=vcam.dtype).to(vcam.device)
     colours, _, _ = face_colours(model, None, normals, light, albedo=geometry.albedo, impl=impl)
-    out = renderer(*fill_holes_fast(model, vcam, colours), image_size, cam.K)
+    out = renderer(*model.fill_holes(vcam, colours), image_size, cam.K)
     return out.image.clamp(0.0, 1.0), normalise_depth(out.depth, out.mask)

@@ -12,7 +12,7 @@ from .coeffs import CoeffLayout
 from .geometry import model_to_camera_rotation
 from .morphable import MorphableModel
 from .render.base import full_precision_call
-from .render.vertex import shaded_colours, vertex_normals
+from .render.vertex import shaded_colours
 
 
 @dataclass
@@ -40,32 +40,6 @@ def rotate(points: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return (R @ points.transpose(-1, -2)).transpose(-1, -2)
 
 
-@full_precision_call
-def fill_holes_fast(model: MorphableModel, verts: torch.Tensor, attributes: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """MorphableModel.fill_holes (same inputs, same outputs) with the opening centres gathered from the
-    ~160 boundary vertices instead of a dense (H,V) einsum over every vertex (15x faster forward and
-    backward on CPU at B=32). TODO(lead): move into MorphableModel.fill_holes and delete this."""
-    model._check_verts(verts)
-    cache = getattr(model, "_hole_sparse", None)
-    if cache is None or cache[0].device != verts.device:
-        h, v = model.hole_weights.nonzero(as_tuple=True)
-        cache = (h, v, model.hole_weights[h, v])
-        model._hole_sparse = cache
-    h, v, w = cache
-    n_holes = model.hole_weights.shape[0]
-    centres = verts.new_zeros(verts.shape[0], n_holes, 3).index_add(1, h, verts[:, v] * w.to(verts)[:, None])
-    out = torch.cat([verts, centres], 1)
-    tris = torch.cat([model.triangles, model.fill_triangles], 0)
-    if attributes is None:
-        return out, tris, None
-    if attributes.shape[-1] == 3:
-        extra = model.hole_colours.to(attributes).expand(attributes.shape[0], -1, -1)
-    else:
-        extra = attributes.new_zeros(attributes.shape[0], n_holes, attributes.shape[-1])
-    return out, tris, torch.cat([attributes, extra], 1)
-
-
 def face_geometry(model: MorphableModel, ident: torch.Tensor, expr: torch.Tensor | None,
                   albedo_coeffs: torch.Tensor | None = None, albedo: torch.Tensor | None = None,
                   impl: str = "auto", neutral: torch.Tensor | None = None) -> FaceGeometry:
@@ -81,7 +55,7 @@ def face_geometry(model: MorphableModel, ident: torch.Tensor, expr: torch.Tensor
         model._check(expr, model.n_expr, "expr")
         shape = neutral + torch.einsum("bk,kvc->bvc", expr.to(model.mean), model.expr_basis)
     alb = model.albedo(albedo_coeffs, batch=shape.shape[0]) if albedo is None else albedo
-    return FaceGeometry(shape, vertex_normals(shape, model.triangles, impl), alb)
+    return FaceGeometry(shape, model.vertex_normals(shape, impl), alb)
 
 
 def face_colours(model: MorphableModel, albedo_coeffs: torch.Tensor | None, normals: torch.Tensor,
@@ -130,7 +104,7 @@ def render_face(model: MorphableModel, renderer: Any, coeffs: torch.Tensor, imag
     normals = rotate(geometry.normals, R)
     colours, alb, shade = face_colours(model, None, normals, p["light"], albedo=geometry.albedo, impl=impl)
     if fill_holes:
-        rv, rt, rc = fill_holes_fast(model, vcam, colours)
+        rv, rt, rc = model.fill_holes(vcam, colours)
     else:
         rv, rt, rc = vcam, model.triangles, colours
     out = renderer(rv, rt, rc, image_size, K)

@@ -43,14 +43,20 @@ def _band_weights(t: torch.Tensor) -> torch.Tensor:
     return torch.tensor([a0, a1, a1, a1, a2, a2, a2, a2, a2], dtype=t.dtype, device=t.device)
 
 
-def sh_shading(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
-    """normals (B,V,3) unit, camera space; light (B,27) or (B,3,9) -> shading (B,V,3) (not clamped)."""
+def check_light(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """Check normals (B,V,3) and light (B or 1, 27) / (B or 1, 3, 9); return the light as (B or 1, 3, 9)."""
     if normals.dim() != 3 or normals.shape[-1] != 3:
         raise ValueError(f"normals must be (B,V,3), got {tuple(normals.shape)}")
     if light.dim() == 2 and light.shape[1] == 27:
         light = light.reshape(-1, 3, 9)
     if light.dim() != 3 or light.shape[1:] != (3, 9) or light.shape[0] not in (1, normals.shape[0]):
         raise ValueError(f"light must be (B,27) or (B,3,9) with B={normals.shape[0]}, got {tuple(light.shape)}")
+    return light
+
+
+def sh_shading(normals: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """normals (B,V,3) unit, camera space; light (B,27) or (B,3,9) -> shading (B,V,3) (not clamped)."""
+    light = check_light(normals, light)
     basis = sh_basis(normals) * _band_weights(normals)  # (B,V,9)
     return torch.einsum("bvk,bck->bvc", basis, light.to(normals))
 

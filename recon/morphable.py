@@ -23,6 +23,9 @@ from torch import nn
 
 from lh2face.paths import asset
 
+from .render.base import full_precision_call
+from .render.vertex import vertex_normals
+
 # Std of the smooth albedo modes for unit albedo weights: mode 0 (constant) changes the skin tone,
 # higher (less smooth) modes get less amplitude (1/sqrt(1+k) decay).
 ALBEDO_TONE_STD = 0.08
@@ -39,21 +42,6 @@ def _load_basis(path: Path, n: int | None) -> np.ndarray:
         hi, lo, scale = hi[:n], lo[:n], scale[:n]
     bits = (hi.astype(np.uint16) << 8) | lo.astype(np.uint16)
     return bits.view(np.float16).astype(np.float32) * scale[:, None, None]
-
-
-def face_area_weighted_normals(verts: torch.Tensor, triangles: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Area-weighted unit vertex normals.
-
-    verts (B,V,3), triangles (F,3) long, counter-clockwise seen from outside -> (B,V,3) unit normals
-    pointing outward. Each face contributes its unnormalised cross product (2 x area x unit normal) to
-    its three vertices. Differentiable.
-    """
-    v0, v1, v2 = (verts[:, triangles[:, k]] for k in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # (B,F,3)
-    n = torch.zeros_like(verts)
-    for k in range(3):
-        n = n.index_add(1, triangles[:, k], fn)
-    return n / n.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 class MorphableModel(nn.Module):
@@ -160,20 +148,31 @@ class MorphableModel(nn.Module):
             is_mouth = np.linalg.norm(centre - mouth_centre) < 1.5
             colours.append(MOUTH_COLOUR if is_mouth else EYE_COLOUR)
         self.register_buffer("hole_weights", torch.from_numpy(weights))
+        # the same weights as (opening, vertex, weight) triples: fill_holes gathers only these ~160 vertices
+        h, v = np.nonzero(weights)
+        self.register_buffer("_hole_ids", torch.from_numpy(h.astype(np.int64)), persistent=False)
+        self.register_buffer("_hole_verts", torch.from_numpy(v.astype(np.int64)), persistent=False)
+        self.register_buffer("_hole_vert_weights", torch.from_numpy(weights[h, v]), persistent=False)
         self.register_buffer("fill_triangles", torch.tensor(fill, dtype=torch.int64).reshape(-1, 3))
         self.register_buffer("hole_colours", torch.tensor(colours, dtype=torch.float32).reshape(-1, 3))
 
+    @full_precision_call
     def fill_holes(self, verts: torch.Tensor, attributes: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Close the eye and mouth openings for rendering.
 
         verts (B,V,3) (any space), attributes (B,V,C) or None -> verts (B,V+H,3) with one centre vertex
-        per opening (the mean of its boundary loop), triangles (F+F_fill,3), attributes (B,V+H,C) where
-        the centres get the fixed eye / mouth-interior colours when C = 3 and zeros otherwise. The
-        landmarks, normals and the model's `triangles` are unaffected.
+        per opening (the mean of its boundary loop: hole_weights (H,V) @ verts, computed as a gather of the
+        ~160 boundary vertices, 15x faster than the dense product on CPU), triangles (F+F_fill,3),
+        attributes (B,V+H,C) where the centres get the fixed eye / mouth-interior colours when C = 3 and
+        zeros otherwise. The landmarks, normals and the model's `triangles` are unaffected. Runs in
+        float32 under autocast (recon.render.base.full_precision_call).
         """
         self._check_verts(verts)
-        centres = torch.einsum("hv,bvc->bhc", self.hole_weights.to(verts), verts)
+        n_holes = self.hole_weights.shape[0]
+        w = self._hole_vert_weights.to(verts)[:, None]
+        gathered = verts[:, self._hole_verts] * w  # (B,N,3) boundary vertices times their weights
+        centres = verts.new_zeros(verts.shape[0], n_holes, 3).index_add(1, self._hole_ids, gathered)
         v = torch.cat([verts, centres], 1)
         tris = torch.cat([self.triangles, self.fill_triangles], 0)
         if attributes is None:
@@ -181,7 +180,7 @@ class MorphableModel(nn.Module):
         if attributes.shape[-1] == 3:
             extra = self.hole_colours.to(attributes).expand(attributes.shape[0], -1, -1)
         else:
-            extra = attributes.new_zeros(attributes.shape[0], len(self.hole_weights), attributes.shape[-1])
+            extra = attributes.new_zeros(attributes.shape[0], n_holes, attributes.shape[-1])
         return v, tris, torch.cat([attributes, extra], 1)
 
     # ----------------------------------------------------------------------------------------- shape
@@ -208,13 +207,18 @@ class MorphableModel(nn.Module):
             alb = alb.reshape(alb.shape[0], self.n_albedo, 3)
         if alb.dim() != 3 or alb.shape[1:] != (self.n_albedo, 3):
             raise ValueError(f"albedo coefficients must be (B,{self.n_albedo},3), got {tuple(alb.shape)}")
-        out = self.base_albedo + torch.einsum("bkc,kv->bvc", alb.to(self.base_albedo), self.albedo_basis)
+        # one (3B,K) @ (K,V) product: the sum of einsum("bkc,kv->bvc") (bit-identical at B >= 8 here),
+        # ~4x faster at B = 1 on CPU and no slower at larger B
+        b, k = alb.shape[:2]
+        mixed = alb.to(self.base_albedo).transpose(1, 2).reshape(b * 3, k) @ self.albedo_basis
+        out = self.base_albedo + mixed.reshape(b, 3, -1).transpose(1, 2)
         return out.clamp(0.0, 1.0)
 
-    def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
-        """verts (B,V,3) (any space, proper rotations keep orientation) -> (B,V,3) unit outward normals."""
+    def vertex_normals(self, verts: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """verts (B,V,3) (any space, proper rotations keep orientation) -> (B,V,3) unit outward area-weighted
+        normals: recon.render.vertex.vertex_normals (impl 'auto' | 'numba' | 'torch') on the model's triangles."""
         self._check_verts(verts)
-        return face_area_weighted_normals(verts, self.triangles)
+        return vertex_normals(verts, self.triangles, impl)
 
     # ------------------------------------------------------------------------------------ landmarks
     def landmark_indices(self, yaw: torch.Tensor | None = None, threshold: float = 0.35,

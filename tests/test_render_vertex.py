@@ -1,12 +1,14 @@
 """The fast per-vertex path of the face renders (recon.render.vertex, recon.face.FaceGeometry) against the
 reference maths, and the face renders in float32 under autocast.
 
-Truth: recon.morphable.face_area_weighted_normals and recon.lighting.sh_shading (the reference torch
-code), and the pre-sharing render path written out here step by step (normals of the camera-space mesh,
-colour and depth from separate renders)."""
+Truth: area-weighted vertex normals written out here in numpy float64 (np.add.at over the faces),
+recon.lighting.sh_shading (the reference torch code), the dense hole-fill product hole_weights @ verts,
+and the pre-sharing render path written out here step by step (normals of the camera-space mesh, colour
+and depth from separate renders)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +18,6 @@ from recon.canonical import normalise_depth, render_canonical
 from recon.face import face_geometry, render_face
 from recon.geometry import model_to_camera
 from recon.lighting import sh_shading, standard_light
-from recon.morphable import face_area_weighted_normals
 from recon.render import build_renderer
 from recon.render.vertex import shaded_colours, vertex_normals
 
@@ -41,19 +42,40 @@ def _coeffs(layout: CoeffLayout, b: int = 3, seed: int = 0) -> torch.Tensor:
     return layout.join(p)
 
 
+def reference_normals(verts: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    """Plain numpy float64: each face's cross product (2 x area x normal) summed at its corners, normalised."""
+    v, t = verts.detach().double().numpy(), triangles.numpy()
+    fn = np.cross(v[:, t[:, 1]] - v[:, t[:, 0]], v[:, t[:, 2]] - v[:, t[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, (slice(None), t[:, k]), fn)
+    return torch.from_numpy(n / np.linalg.norm(n, axis=-1, keepdims=True))
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_vertex_normals_and_gradient_match_reference(mm, impl):
+def test_vertex_normals_match_plain_reference_and_model_method(mm, impl):
+    g = torch.Generator().manual_seed(1)
+    v = (mm.mean + 0.3 * torch.randn(2, mm.n_vertices, 3, generator=g)).double()
+    ref = reference_normals(v, mm.triangles)
+    out = vertex_normals(v, mm.triangles, impl)
+    assert out.dtype == torch.float64 and torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(vertex_normals(v.float(), mm.triangles, impl).double(), ref, atol=1e-5)
+    assert torch.equal(mm.vertex_normals(v, impl), out)  # the model method is this function
+
+
+def test_vertex_normals_numba_and_torch_agree_with_gradients(mm):
+    impl = "numba"
     g = torch.Generator().manual_seed(1)
     v = (mm.mean + 0.3 * torch.randn(2, mm.n_vertices, 3, generator=g)).double().requires_grad_()
     w = torch.randn(2, mm.n_vertices, 3, generator=g, dtype=torch.float64)
-    ref = face_area_weighted_normals(v, mm.triangles)
+    ref = vertex_normals(v, mm.triangles, "torch")
     out = vertex_normals(v, mm.triangles, impl)
     assert out.dtype == torch.float64 and torch.allclose(out, ref, atol=1e-12)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), v)
     (g_out,) = torch.autograd.grad((vertex_normals(v, mm.triangles, impl) * w).sum(), v)
     assert torch.allclose(g_out, g_ref, rtol=1e-9, atol=1e-9)
     v32 = v.detach().float()
-    ref32 = face_area_weighted_normals(v32, mm.triangles)
+    ref32 = vertex_normals(v32, mm.triangles, "torch")
     assert torch.allclose(vertex_normals(v32, mm.triangles, impl), ref32, atol=1e-5)
 
 
@@ -61,7 +83,7 @@ def test_vertex_normals_and_gradient_match_reference(mm, impl):
 @pytest.mark.parametrize("shared_light", [False, True])
 def test_shaded_colours_and_gradients_match_reference(mm, impl, shared_light):
     g = torch.Generator().manual_seed(2)
-    n = face_area_weighted_normals(mm.mean + 0.3 * torch.randn(2, mm.n_vertices, 3, generator=g), mm.triangles)
+    n = vertex_normals(mm.mean + 0.3 * torch.randn(2, mm.n_vertices, 3, generator=g), mm.triangles, "torch")
     n = n.double().requires_grad_()
     light = (standard_light(1 if shared_light else 2) + 0.5 * torch.randn(1 if shared_light else 2, 27, generator=g))
     light = light.double().requires_grad_()
@@ -83,7 +105,7 @@ def _old_render_face(mm, renderer, coeffs, size, layout):
     """The render path before the shared geometry: normals of the camera-space mesh."""
     p = layout.split(coeffs)
     vcam = model_to_camera(mm.shape(p["id"], p["expr"]), p["rotation"], p["translation"])
-    normals = face_area_weighted_normals(vcam, mm.triangles)
+    normals = vertex_normals(vcam, mm.triangles, "torch")
     col = (mm.albedo(p["albedo"]) * sh_shading(normals, p["light"])).clamp(0.0, 1.0)
     return renderer(*mm.fill_holes(vcam, col), size, intrinsics(size))
 
@@ -114,7 +136,7 @@ def test_canonical_one_pass_equals_separate_colour_and_depth_renders(mm):
     p = layout.split(c)
     cam = canonical_camera(48)
     vcam = mm.shape(p["id"], None) @ cam.R.T + cam.t
-    n = face_area_weighted_normals(vcam, mm.triangles)
+    n = vertex_normals(vcam, mm.triangles, "torch")
     col = (mm.albedo(p["albedo"]) * sh_shading(n, standard_light(c.shape[0]))).clamp(0.0, 1.0)
     colour = renderer(*mm.fill_holes(vcam, col), 48, cam.K)
     v, t, _ = mm.fill_holes(vcam, None)
@@ -160,18 +182,24 @@ def test_numba_projection_equals_project_vertices(dtype):
     assert torch.allclose(g_out, g_ref, rtol=tol, atol=tol)
 
 
-def test_fill_holes_fast_equals_the_model_method(mm):
-    from recon.face import fill_holes_fast
-
+def test_fill_holes_equals_dense_weighted_mean(mm):
+    """The gather of boundary vertices equals the dense (H,V) product with hole_weights, values and gradients."""
     g = torch.Generator().manual_seed(6)
     v = (mm.mean + 0.2 * torch.randn(2, mm.n_vertices, 3, generator=g)).double().requires_grad_()
+    H = mm.hole_weights.shape[0]
+    dense = lambda x: torch.cat([x, torch.einsum("hv,bvc->bhc", mm.hole_weights.double(), x)], 1)  # noqa: E731
     for attrs in (None, torch.rand(2, mm.n_vertices, 3, generator=g, dtype=torch.float64),
                   torch.rand(2, mm.n_vertices, 2, generator=g, dtype=torch.float64)):
-        ref, fast = mm.fill_holes(v, attrs), fill_holes_fast(mm, v, attrs)
-        assert torch.equal(ref[1], fast[1])
-        assert torch.allclose(ref[0], fast[0], atol=1e-12)
-        assert (ref[2] is None and fast[2] is None) or torch.equal(ref[2], fast[2])
-    w = torch.randn(2, mm.n_vertices + mm.hole_weights.shape[0], 3, generator=g, dtype=torch.float64)
-    (g_ref,) = torch.autograd.grad((mm.fill_holes(v)[0] * w).sum(), v)
-    (g_fast,) = torch.autograd.grad((fill_holes_fast(mm, v)[0] * w).sum(), v)
+        verts, tris, out_attrs = mm.fill_holes(v, attrs)
+        assert torch.equal(tris, torch.cat([mm.triangles, mm.fill_triangles]))
+        assert torch.allclose(verts, dense(v), atol=1e-12)
+        if attrs is None:
+            assert out_attrs is None
+        else:
+            three = attrs.shape[-1] == 3
+            extra = mm.hole_colours.double().expand(2, -1, -1) if three else torch.zeros(2, H, 2, dtype=torch.float64)
+            assert torch.equal(out_attrs, torch.cat([attrs, extra], 1))
+    w = torch.randn(2, mm.n_vertices + H, 3, generator=g, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((dense(v) * w).sum(), v)
+    (g_fast,) = torch.autograd.grad((mm.fill_holes(v)[0] * w).sum(), v)
     assert torch.allclose(g_fast, g_ref, atol=1e-12)

@@ -20,6 +20,25 @@ import torch
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def _corners(scr, tri, b, f):
+    """Vertex ids and screen (u px, v px, z cm) of triangle f's three corners in batch item b."""
+    a0 = tri[f, 0]
+    a1 = tri[f, 1]
+    a2 = tri[f, 2]
+    return (a0, a1, a2, scr[b, a0, 0], scr[b, a0, 1], scr[b, a0, 2], scr[b, a1, 0], scr[b, a1, 1], scr[b, a1, 2],
+            scr[b, a2, 0], scr[b, a2, 1], scr[b, a2, 2])
+
+
+@njit(cache=True, inline="always")
+def _edge_functions(u0, v0, u1, v1, u2, v2, px, py):
+    """Twice the signed areas of the sub-triangles opposite each corner, seen from pixel (px, py)."""
+    e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
+    e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
+    e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+    return e0, e1, e2
+
+
 @njit(cache=True, nogil=True)
 def _setup(scr, tri, h, w, cull, znear, pad, box):
     """Integer pixel ranges (row0,row1,col0,col1) per (batch, triangle); row0 > row1 = skip."""
@@ -28,18 +47,7 @@ def _setup(scr, tri, h, w, cull, znear, pad, box):
     for t in range(nb * nf):
         b = t // nf
         f = t - b * nf
-        a0 = tri[f, 0]
-        a1 = tri[f, 1]
-        a2 = tri[f, 2]
-        u0 = scr[b, a0, 0]
-        v0 = scr[b, a0, 1]
-        z0 = scr[b, a0, 2]
-        u1 = scr[b, a1, 0]
-        v1 = scr[b, a1, 1]
-        z1 = scr[b, a1, 2]
-        u2 = scr[b, a2, 0]
-        v2 = scr[b, a2, 1]
-        z2 = scr[b, a2, 2]
+        a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
         box[b, f, 0] = 1
         box[b, f, 1] = 0
         box[b, f, 2] = 1
@@ -90,18 +98,7 @@ def _raster(scr, tri, box, band, face, zbuf, t0, t1):
                 continue
             j0 = box[b, f, 2]
             j1 = box[b, f, 3]
-            a0 = tri[f, 0]
-            a1 = tri[f, 1]
-            a2 = tri[f, 2]
-            u0 = scr[b, a0, 0]
-            v0 = scr[b, a0, 1]
-            z0 = scr[b, a0, 2]
-            u1 = scr[b, a1, 0]
-            v1 = scr[b, a1, 1]
-            z1 = scr[b, a1, 2]
-            u2 = scr[b, a2, 0]
-            v2 = scr[b, a2, 1]
-            z2 = scr[b, a2, 2]
+            a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
             inv_a = 1.0 / ((u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0))
             for i in range(max(i0, r0), min(i1, r1 - 1) + 1):
                 py = i + 0.5
@@ -164,15 +161,7 @@ def _nearest(scr, tri, box, band, face, sat, radius, near, t0, t1):
             rb = min(i1, r1 - 1) + 1
             if sat[b, rb, j1 + 1] - sat[b, ra, j1 + 1] - sat[b, rb, j0] + sat[b, ra, j0] == 0:
                 continue
-            a0 = tri[f, 0]
-            a1 = tri[f, 1]
-            a2 = tri[f, 2]
-            u0 = scr[b, a0, 0]
-            v0 = scr[b, a0, 1]
-            u1 = scr[b, a1, 0]
-            v1 = scr[b, a1, 1]
-            u2 = scr[b, a2, 0]
-            v2 = scr[b, a2, 1]
+            a0, a1, a2, u0, v0, _z0, u1, v1, _z1, u2, v2, _z2 = _corners(scr, tri, b, f)
             for i in range(max(i0, r0), min(i1, r1 - 1) + 1):
                 py = i + 0.5
                 for j in range(j0, j1 + 1):
@@ -199,22 +188,9 @@ def _interp_fwd(scr, attr, tri, face, image, depth, t0, t1):
             f = face[b, i, j]
             if f < 0:
                 continue
-            a0 = tri[f, 0]
-            a1 = tri[f, 1]
-            a2 = tri[f, 2]
-            u0 = scr[b, a0, 0]
-            v0 = scr[b, a0, 1]
-            z0 = scr[b, a0, 2]
-            u1 = scr[b, a1, 0]
-            v1 = scr[b, a1, 1]
-            z1 = scr[b, a1, 2]
-            u2 = scr[b, a2, 0]
-            v2 = scr[b, a2, 1]
-            z2 = scr[b, a2, 2]
+            a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
             px = j + 0.5
-            e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
-            e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
-            e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+            e0, e1, e2 = _edge_functions(u0, v0, u1, v1, u2, v2, px, py)
             area = e0 + e1 + e2
             q0 = e0 / (area * z0)
             q1 = e1 / (area * z1)
@@ -240,22 +216,9 @@ def _interp_bwd(scr, attr, tri, face, g_image, g_depth, g_scr, g_attr, t0, t1):
             f = face[b, i, j]
             if f < 0:
                 continue
-            a0 = tri[f, 0]
-            a1 = tri[f, 1]
-            a2 = tri[f, 2]
-            u0 = scr[b, a0, 0]
-            v0 = scr[b, a0, 1]
-            z0 = scr[b, a0, 2]
-            u1 = scr[b, a1, 0]
-            v1 = scr[b, a1, 1]
-            z1 = scr[b, a1, 2]
-            u2 = scr[b, a2, 0]
-            v2 = scr[b, a2, 1]
-            z2 = scr[b, a2, 2]
+            a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
             px = j + 0.5
-            e0 = (u1 - px) * (v2 - py) - (u2 - px) * (v1 - py)
-            e1 = (u2 - px) * (v0 - py) - (u0 - px) * (v2 - py)
-            e2 = (u0 - px) * (v1 - py) - (u1 - px) * (v0 - py)
+            e0, e1, e2 = _edge_functions(u0, v0, u1, v1, u2, v2, px, py)
             area = e0 + e1 + e2
             l0 = e0 / area
             l1 = e1 / area

@@ -24,6 +24,16 @@ _A1 = 2.0 / 3.0
 _A2 = 0.25
 
 
+@njit(cache=True, inline="always")
+def _edge_vectors(v, b, a0, a1, a2):
+    """Edges (v[a1] - v[a0], v[a2] - v[a0]) of one triangle of batch item b, float64: ax, ay, az, bx, by, bz."""
+    x0 = np.float64(v[b, a0, 0])
+    y0 = np.float64(v[b, a0, 1])
+    z0 = np.float64(v[b, a0, 2])
+    return (v[b, a1, 0] - x0, v[b, a1, 1] - y0, v[b, a1, 2] - z0,
+            v[b, a2, 0] - x0, v[b, a2, 1] - y0, v[b, a2, 2] - z0)
+
+
 @njit(cache=True, nogil=True)
 def _normals_fwd(v, tri, m, n, eps, t0, t1):
     """m = sum over faces of (v1 - v0) x (v2 - v0) per corner vertex (float64); n = m / max(|m|, eps)."""
@@ -38,15 +48,7 @@ def _normals_fwd(v, tri, m, n, eps, t0, t1):
             a0 = tri[f, 0]
             a1 = tri[f, 1]
             a2 = tri[f, 2]
-            x0 = np.float64(v[b, a0, 0])
-            y0 = np.float64(v[b, a0, 1])
-            z0 = np.float64(v[b, a0, 2])
-            ax = v[b, a1, 0] - x0
-            ay = v[b, a1, 1] - y0
-            az = v[b, a1, 2] - z0
-            bx = v[b, a2, 0] - x0
-            by = v[b, a2, 1] - y0
-            bz = v[b, a2, 2] - z0
+            ax, ay, az, bx, by, bz = _edge_vectors(v, b, a0, a1, a2)
             cx = ay * bz - az * by
             cy = az * bx - ax * bz
             cz = ax * by - ay * bx
@@ -97,15 +99,7 @@ def _normals_bwd(v, tri, m, g, gv, eps, t0, t1):
             Gx = gm[a0, 0] + gm[a1, 0] + gm[a2, 0]
             Gy = gm[a0, 1] + gm[a1, 1] + gm[a2, 1]
             Gz = gm[a0, 2] + gm[a1, 2] + gm[a2, 2]
-            x0 = np.float64(v[b, a0, 0])
-            y0 = np.float64(v[b, a0, 1])
-            z0 = np.float64(v[b, a0, 2])
-            ax = v[b, a1, 0] - x0
-            ay = v[b, a1, 1] - y0
-            az = v[b, a1, 2] - z0
-            bx = v[b, a2, 0] - x0
-            by = v[b, a2, 1] - y0
-            bz = v[b, a2, 2] - z0
+            ax, ay, az, bx, by, bz = _edge_vectors(v, b, a0, a1, a2)
             # G . (a x b) = a . (b x G) = b . (G x a)
             pax = by * Gz - bz * Gy
             pay = bz * Gx - bx * Gz

@@ -1,10 +1,12 @@
 """Per-vertex work every face render does first: vertex normals and SH shading, with a fast CPU path.
 
-Same maths as :func:`recon.morphable.face_area_weighted_normals` and :func:`recon.lighting.sh_shading`
-(those are the reference and the path on other devices); on CPU with numba the forward and backward are
-fused numba kernels (``_numba_vertex``) instead of a dozen full-size tensor ops each, the step's largest
-render cost before (docs/BENCH.md, "joint step breakdown"). Results agree with the reference to float
-rounding (the kernels accumulate in float64); ``tests/test_render_vertex.py`` checks values and gradients.
+Vertex normals: :func:`vertex_normals` is the one implementation (MorphableModel.vertex_normals calls it),
+with a torch path (``impl='torch'``, the path on other devices) and, on CPU with numba, fused kernels.
+Shading: same maths as :func:`recon.lighting.sh_shading` (the reference and the path on other devices).
+On CPU with numba the forward and backward are fused numba kernels (``_numba_vertex``) instead of a dozen
+full-size tensor ops each, the step's largest render cost before (docs/BENCH.md, "joint step breakdown").
+Results agree with the reference to float rounding (the kernels accumulate in float64);
+``tests/test_render_vertex.py`` checks values and gradients.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from torch import Tensor
 
 from .rasterize import resolve_impl
 
-NORMAL_EPS = 1e-12  # face_area_weighted_normals' default
+NORMAL_EPS = 1e-12  # clamp of the normal length before normalising
+
+
+def _normals_torch(verts: Tensor, triangles: Tensor, eps: float = NORMAL_EPS) -> Tensor:
+    """Torch path of :func:`vertex_normals`: each face adds its unnormalised cross product (2 x area x unit
+    normal) to its three vertices, then every vertex sum is normalised. Differentiable."""
+    v0, v1, v2 = (verts[:, triangles[:, k]] for k in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # (B,F,3)
+    n = torch.zeros_like(verts)
+    for k in range(3):
+        n = n.index_add(1, triangles[:, k], fn)
+    return n / n.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def _np(x: Tensor):
@@ -107,28 +120,16 @@ def project(vertices: Tensor, K: Tensor, impl: str = "auto") -> Tensor:
 
 
 def vertex_normals(verts: Tensor, triangles: Tensor, impl: str = "auto") -> Tensor:
-    """Area-weighted unit vertex normals: verts (B,V,3), triangles (F,3) long -> (B,V,3).
+    """Area-weighted unit vertex normals: verts (B,V,3), triangles (F,3) long, counter-clockwise seen from
+    outside -> (B,V,3) unit normals pointing outward. Differentiable.
 
-    Equals :func:`recon.morphable.face_area_weighted_normals`; impl 'auto' (numba on CPU when
-    importable), 'numba' or 'torch' (the reference).
+    impl 'auto' (numba on CPU when importable), 'numba' (fused kernels, float64 accumulation) or 'torch'.
     """
     if verts.dim() != 3 or verts.shape[-1] != 3:
         raise ValueError(f"verts must be (B,V,3), got {tuple(verts.shape)}")
     if resolve_impl(impl, verts.device) == "numba":
         return _NormalsNumba.apply(verts, triangles)
-    from recon.morphable import face_area_weighted_normals
-
-    return face_area_weighted_normals(verts, triangles)
-
-
-def _check_light(normals: Tensor, light: Tensor) -> Tensor:
-    if normals.dim() != 3 or normals.shape[-1] != 3:
-        raise ValueError(f"normals must be (B,V,3), got {tuple(normals.shape)}")
-    if light.dim() == 2 and light.shape[1] == 27:
-        light = light.reshape(-1, 3, 9)
-    if light.dim() != 3 or light.shape[1:] != (3, 9) or light.shape[0] not in (1, normals.shape[0]):
-        raise ValueError(f"light must be (B,27) or (B,3,9) with B={normals.shape[0]}, got {tuple(light.shape)}")
-    return light
+    return _normals_torch(verts, triangles)
 
 
 def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "auto") -> Tuple[Tensor, Tensor]:
@@ -138,12 +139,12 @@ def shaded_colours(albedo: Tensor, normals: Tensor, light: Tensor, impl: str = "
     The shading equals :func:`recon.lighting.sh_shading` (its conventions and shape checks); impl as in
     :func:`vertex_normals` (numba: one fused kernel forward and one backward).
     """
-    if resolve_impl(impl, normals.device) != "numba":
-        from recon.lighting import sh_shading as reference
+    from recon.lighting import check_light, sh_shading
 
-        shade = reference(normals, light)
+    if resolve_impl(impl, normals.device) != "numba":
+        shade = sh_shading(normals, light)
         return (albedo * shade).clamp(0.0, 1.0), shade
-    light = _check_light(normals, light)
+    light = check_light(normals, light)
     if albedo.shape != normals.shape:
         raise ValueError(f"albedo must be (B,V,3) like the normals {tuple(normals.shape)}, got {tuple(albedo.shape)}")
     return _ShadingNumba.apply(albedo, normals, light)
