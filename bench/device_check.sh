@@ -87,7 +87,7 @@ run_stage() {
     ( STAGE_END=$(( t0 + t )); "stage_$name" ) > >(tee "$LOGS/$name.log") 2>&1
     local rc=$?
     sleep 0.2
-    echo "== $name: rc=$rc wall=$(( $(date +%s) - t0 ))s limit=${t}s" | tee -a "$OUT/summary.txt"
+    echo "== $name: shell rc=$rc wall=$(( $(date +%s) - t0 ))s limit=${t}s" | tee -a "$OUT/summary.txt"
     pack
 }
 
@@ -135,7 +135,7 @@ _train_one() {  # _train_one PRECISION MAX_S
     t0=$(date +%s%N)
     tmo "$max" "${CLI[@]}" train --config configs/demo.yaml --out "$dir" --overwrite \
         -o data.image_size=112 -o run.device="$DEVICE" -o run.threads=8 -o run.precision="$prec" \
-        -o schedule.steps=$STEPS -o run.progress=false "${TRAIN_Q[@]}" > "$LOGS/train_$prec.out" 2>&1
+        -o schedule.steps=$STEPS -o run.progress=false ${TRAIN_Q[@]+"${TRAIN_Q[@]}"} > "$LOGS/train_$prec.out" 2>&1
     rc=$?
     local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     echo "[$prec] rc=$rc wall=$(( ms / 1000 )).$(( ms % 1000 / 100 ))s (process start to exit: data synthesis, training, evaluation)"
@@ -171,7 +171,12 @@ _study() {  # _study NAME CONFIG JOBS MAX_S OVERRIDES...: run a study, then aggr
     (( l < 5 )) && l=5
     timeout -k 10 "$l" "${CLI[@]}" study --config "$cfg" --out "$dir" --jobs "$jobs" -o train.run.device="$DEVICE" \
         "$@" > "$LOGS/study_$name.out" 2>&1
-    echo "[$name] study rc=$? (124: stopped by the ${l}s limit; the table below holds the finished runs)"
+    local rc=$?
+    if (( rc == 124 || rc == 137 )); then
+        echo "[$name] study rc=$rc: stopped by the ${l}s limit; the table below holds the finished runs (a rerun resumes)"
+    else
+        echo "[$name] study rc=$rc"
+    fi
     tail -n 5 "$LOGS/study_$name.out"
     timeout -k 5 25 "${CLI[@]}" study --config "$cfg" --out "$dir" --report-only \
         -o train.run.device="$DEVICE" "$@" > "$LOGS/report_$name.out" 2>&1
@@ -189,7 +194,8 @@ stage_real() {
         if [ ! -f "$cfg" ]; then echo "[real_$which] $cfg not in this checkout: skipped"; continue; fi
         if [ ! -d "$root" ]; then echo "[real_$which] $root missing (make it with lh2face align; carry data/aligned)"; continue; fi
         # both studies at once: each worker is one process with one CPU thread on the shared GPU
-        ( _study "real_$which" "$cfg" "$JOBS_REAL" 400 -o train.run.threads=1 "${STUDY_Q[@]}" \
+        ( _study "real_$which" "$cfg" "$JOBS_REAL" 400 -o train.run.threads=1 \
+            -o study.plots_dir="$WORK/results/real_$which/plots" ${STUDY_Q[@]+"${STUDY_Q[@]}"} \
             > "$LOGS/real_$which.log" 2>&1 ) &
         pids+=($!)
     done
@@ -200,25 +206,25 @@ stage_real() {
 }
 
 stage_modes() {
-    _study modes configs/study_modes.yaml "$JOBS_MODES" 400 "${STUDY_Q[@]}" "${SYNTH_Q[@]}"
+    _study modes configs/study_modes.yaml "$JOBS_MODES" 400 ${STUDY_Q[@]+"${STUDY_Q[@]}"} ${SYNTH_Q[@]+"${SYNTH_Q[@]}"}
 }
 
 stage_bench() {
     mkdir -p "$WORK/results/bench"
     local b=$WORK/results/bench
-    tmo 60 "$PY" bench/bench_backbones.py --device "$DEVICE" --size "$BENCH_SIZE" "${BENCH_Q[@]}" \
+    tmo 60 "$PY" bench/bench_backbones.py --device "$DEVICE" --size "$BENCH_SIZE" ${BENCH_Q[@]+"${BENCH_Q[@]}"} \
         --out "$b/backbones.json"
     echo "-- bench_backbones rc=$?"
     if "$PY" bench/bench_joint.py --help 2>/dev/null | grep -q -- "--config"; then
         tmo 60 "$PY" bench/bench_joint.py --config configs/demo.yaml --device "$DEVICE" --size "$BENCH_SIZE" \
-            "${BENCH_Q[@]}" --out "$b/joint_demo.json"
+            ${BENCH_Q[@]+"${BENCH_Q[@]}"} --out "$b/joint_demo.json"
         echo "-- bench_joint (demo config) rc=$?"
         tmo 60 "$PY" bench/bench_joint.py --config configs/demo.yaml -o loss.canon=0.5 -o loss.view=0.25 \
-            --device "$DEVICE" --size "$BENCH_SIZE" "${BENCH_Q[@]}" --out "$b/joint_all_terms.json"
+            --device "$DEVICE" --size "$BENCH_SIZE" ${BENCH_Q[@]+"${BENCH_Q[@]}"} --out "$b/joint_all_terms.json"
         echo "-- bench_joint (all terms) rc=$?"
     else
         echo "bench_joint.py has no --config here: the fixed variants at batch 32"
-        tmo 60 "$PY" bench/bench_joint.py --device "$DEVICE" --size "$BENCH_SIZE" --batch 32 "${BENCH_Q[@]}" \
+        tmo 60 "$PY" bench/bench_joint.py --device "$DEVICE" --size "$BENCH_SIZE" --batch 32 ${BENCH_Q[@]+"${BENCH_Q[@]}"} \
             --out "$b/joint.json"
         echo "-- bench_joint rc=$?"
     fi
@@ -247,9 +253,13 @@ run_stage bench       60   20
 [ -n "$GPU_SAMPLER" ] && kill "$GPU_SAMPLER" 2>/dev/null
 # key numbers into the summary, and the few files that come back
 {
+    echo "-- every command's exit code (0 ok, 124/137 stopped by its time limit):"
     grep -h -E "passed|failed|error" "$LOGS/tests.log" 2>/dev/null | grep -E "^(=|[0-9]+ )" | sed 's/^/tests: /'
+    grep -h -E "^-- .* rc=" "$LOGS/tests.log" "$LOGS/bench.log" 2>/dev/null
     grep -h -E "^\[(bf16|fp16)\]" "$LOGS/precision.log" 2>/dev/null
-    grep -h -E "^\[(real_att|real_lfw|modes)\] (study|report) rc" "$LOGS"/real_*.log "$LOGS/modes.log" 2>/dev/null
+    grep -h -E "^\[(real_att|real_lfw|modes)\] (study|report) rc|^\[real_.*\] .*(skipped|missing)" \
+        "$LOGS"/real*.log "$LOGS/modes.log" 2>/dev/null
+    grep -h -E "^## |planned runs finished" "$WORK/results/studies.md" 2>/dev/null
 } >> "$OUT/summary.txt"
 cp "$LOGS/tests.log" "$OUT/tests.log" 2>/dev/null
 cp "$LOGS/precision.log" "$OUT/precision.log" 2>/dev/null
