@@ -66,9 +66,15 @@ tmo() {
     timeout -k 10 "$l" "$@"
 }
 
-pack() {  # everything small into one archive ($OUT gets at most 8 files back)
-    tar -czf "$OUT/device_check.tar.gz.tmp" -C "$WORK" logs results 2>/dev/null \
-        && mv "$OUT/device_check.tar.gz.tmp" "$OUT/device_check.tar.gz"
+pack() {  # logs + results without checkpoints / arrays in one archive ($OUT: at most 8 files of 16 MiB back)
+    local a=$OUT/device_check.tar.gz
+    tar -czf "$a.tmp" --exclude='*.pt' --exclude='*.pth' --exclude='*.npz' --exclude='*.npy' -C "$WORK" logs results \
+        2>/dev/null
+    if (( $(stat -c %s "$a.tmp" 2>/dev/null || echo 0) > 15000000 )); then  # too big: drop the plots too
+        tar -czf "$a.tmp" --exclude='*.pt' --exclude='*.pth' --exclude='*.npz' --exclude='*.npy' --exclude='*.png' \
+            -C "$WORK" logs results 2>/dev/null
+    fi
+    mv "$a.tmp" "$a"
 }
 
 # run_stage NAME MAX_S MIN_S: stage_NAME in a subshell, output in $LOGS/NAME.log and on stdout
