@@ -260,12 +260,12 @@ run_stage bench       60   20
 # key numbers into the summary, and the few files that come back
 {
     echo "-- every command's exit code (0 ok, 124/137 stopped by its time limit):"
-    grep -h -E "passed|failed|error" "$LOGS/tests.log" 2>/dev/null | grep -E "^(=|[0-9]+ )" | sed 's/^/tests: /'
+    grep -h -E "passed|failed|error|skipped" "$LOGS/tests.log" 2>/dev/null | grep -E "^(=|[0-9]+ )" | sed 's/^/tests: /'
     grep -h -E "^-- .* rc=" "$LOGS/tests.log" "$LOGS/bench.log" 2>/dev/null
     grep -h -E "^\[(bf16|fp16)\]" "$LOGS/precision.log" 2>/dev/null
     grep -h -E "^\[(real_att|real_lfw|modes)\] (study|report) rc|^\[real_.*\] .*(skipped|missing)" \
-        "$LOGS"/real*.log "$LOGS/modes.log" 2>/dev/null
-    grep -h -E "^## |planned runs finished" "$WORK/results/studies.md" 2>/dev/null
+        "$LOGS/real.log" "$LOGS/modes.log" 2>/dev/null
+    grep -h -E "^## [a-z_]+ \(|planned runs finished" "$WORK/results/studies.md" 2>/dev/null | cut -c1-80
 } >> "$OUT/summary.txt"
 cp "$LOGS/tests.log" "$OUT/tests.log" 2>/dev/null
 cp "$LOGS/precision.log" "$OUT/precision.log" 2>/dev/null
