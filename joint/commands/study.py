@@ -3,7 +3,8 @@
 The experiment driver of joint.study: heads x input modes x seeds (+ ablation variants) under one
 training config; configs/study_modes.yaml is the four-input-mode comparison at the demo budget. Writes
 study.json and study.md into the study folder and prints the table. Resumable; `--jobs N` trains N runs
-at a time in worker processes. Exit codes: 0 done, 2 a config fault.
+at a time in worker processes. Exit codes: 0 done, 1 a worker failed (the table shows the finished
+runs), 2 a config fault.
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ def run(args: argparse.Namespace) -> int:
         if args.worker:
             return 0
     elif not args.report_only:
-        _run_workers(args, out)
+        if not _run_workers(args, out):
+            print(report(cfg, out))
+            return 1
     print(report(cfg, out))
     return 0
 
 
-def _run_workers(args: argparse.Namespace, out: Path) -> None:
-    """`--jobs N`: N worker processes of this command claim the unfinished runs one at a time."""
+def _run_workers(args: argparse.Namespace, out: Path) -> bool:
+    """`--jobs N`: N worker processes of this command claim the unfinished runs one at a time.
+
+    Returns False (after one error line with the exit codes) when any worker failed."""
     cmd = [sys.executable, "-m", "joint.cli", NAME, "--config", str(args.config), "--out", str(out), "--worker"]
     for o in args.overrides:
         cmd += ["--set", o]
@@ -64,4 +69,7 @@ def _run_workers(args: argparse.Namespace, out: Path) -> None:
     procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
     codes = [p.wait() for p in procs]
     if any(codes):
-        print(f"error: worker exit codes {codes}", file=sys.stderr)
+        print(f"error: worker exit codes {codes}; the table below holds only the runs that finished",
+              file=sys.stderr)
+        return False
+    return True
