@@ -13,10 +13,11 @@ from lh2face import __version__
 
 
 def load_commands(names: Optional[Sequence[str]] = None) -> Tuple[Dict[str, ModuleType], Dict[str, str]]:
-    """Import the sub-command modules; returns (name -> module, name -> import error) .
+    """Import the sub-command modules; returns (name -> module, name -> import error).
 
-    A module that does not exist yet is silently absent; one that fails to import for another reason is
-    kept in the error map so that running it prints the reason.
+    Every listed module must import and define NAME, HELP, add_arguments and run: a listed module that is
+    missing, fails to import or lacks one of them is kept in the error map with the module's name and the
+    reason (`main` warns about it on every call and exits 2 when it is the command asked for).
     """
     from joint.commands import COMMANDS
 
@@ -26,13 +27,8 @@ def load_commands(names: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Modu
         modname = f"joint.commands.{name}"
         try:
             mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:
-                continue  # not written yet
-            errors[name] = f"{type(exc).__name__}: {exc}"
-            continue
         except Exception as exc:  # noqa: BLE001 - a broken command must not break the others
-            errors[name] = f"{type(exc).__name__}: {exc}"
+            errors[name] = f"module {modname} failed to import ({type(exc).__name__}: {exc})"
             continue
         missing = [a for a in ("NAME", "HELP", "add_arguments", "run") if not hasattr(mod, a)]
         if missing:
@@ -65,6 +61,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Parse `argv` (default sys.argv[1:]), run the sub-command, return its exit code."""
     mods, errors = load_commands()
     parser = build_parser(mods, errors)
+    for name, err in errors.items():  # never silent: a broken listed command is named on every call
+        print(f"warning: sub-command '{name}' is unavailable: {err}", file=sys.stderr)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if getattr(args, "_error", None):

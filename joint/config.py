@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 from lh2face.config import ConfigError, dump_yaml, from_dict, load_yaml, merge_overrides
 
-INPUT_MODES = ("rgb", "rgb+canonical", "rgb+depth", "rgb+canonical+depth")
+# The input modes: which channels the backbone sees (nothing else). rgb = the image (3 channels);
+# +canonical = the canonical-pose render of the regressed face (3 more); +depth = its depth (1 more).
+# Whether the reconstruction branch trains is the `loss` section's business (uses_recon), not the mode's.
+InputMode = Literal["rgb", "rgb+canonical", "rgb+depth", "rgb+canonical+depth"]
+INPUT_MODES = get_args(InputMode)
 
 
 @dataclass
@@ -50,8 +54,11 @@ class ModelConfig:
     embedding_size: int = 512
     head: str = "lh2face"
     head_options: Dict[str, Any] = field(default_factory=dict)
-    input_mode: Literal["rgb", "rgb+canonical", "rgb+depth", "rgb+canonical+depth"] = "rgb"
+    input_mode: InputMode = "rgb"
     sharded_sample_rate: float = 1.0  # Partial-FC negative proxy sampling rate (world > 1)
+    # Start from these weights (joint.init.init_from): a run folder / lh2face checkpoint, or an insightface-
+    # style IResNet state dict (.pth); a 3-channel stem is widened to the input mode's channels. None = scratch.
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -102,12 +109,40 @@ class ScheduleConfig:
     keep_checkpoints: int = 2
 
 
+def parse_eval_target(spec: str) -> Tuple[str, Tuple[str, ...]]:
+    """('heldout', ()), ('bin', (path,)) or ('lfw', (pairs, root)); ValueError for anything else."""
+    if spec == "heldout":
+        return "heldout", ()
+    if spec.startswith("lfw:"):
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"eval.targets: '{spec}' must be lfw:<pairs.txt>:<image root>")
+        return "lfw", (parts[1], parts[2])
+    if spec.endswith(".bin"):
+        return "bin", (spec,)
+    raise ValueError(f"eval.targets: '{spec}' is not 'heldout', a .bin path or lfw:<pairs.txt>:<root>")
+
+
 @dataclass
 class EvalConfig:
+    """Verification during and after training.
+
+    targets: evaluated every schedule.eval_every steps and at the end, in order; each entry is
+    ``heldout`` (the run's held-out set: held-out identities, data.eval_root or data.eval_bin), a path to
+    an insightface ``.bin`` or ``lfw:<pairs.txt>:<image root>``. The best 10-fold verification *accuracy*
+    per target (and its step) is kept in results.json; the checkpoint at the best accuracy of the first
+    target is saved as ``best.pt`` in the run folder.
+    """
+
     n_folds: int = 10
     flip: bool = True
     max_pairs: int = 20000  # cap on verification pairs built from held-out identities
     batch_size: int = 64
+    targets: List[str] = field(default_factory=lambda: ["heldout"])
+
+    def __post_init__(self) -> None:
+        for spec in self.targets:
+            parse_eval_target(spec)  # ValueError (-> ConfigError naming eval) for a malformed entry
 
 
 @dataclass
@@ -119,7 +154,7 @@ class RunConfig:
     compile: bool = False
     deterministic: bool = False
     progress: bool = True
-    tensorboard: bool = True  # used when the tensorboard package is importable
+    tensorboard: bool = True  # events in <run>/tb when the tensorboard package is installed (one log line says)
     plots: bool = True
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | gloo | nccl

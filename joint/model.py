@@ -101,12 +101,22 @@ class JointTrunk(nn.Module):
 
     def canonical(self, images: torch.Tensor):
         """Regress coefficients and render (canonical, depth) resized to the FR input size."""
+        coeffs = self.regressor(resize(images, self.regressor_size))
+        canon, depth, _ = self._canonical_renders(coeffs)
+        return coeffs, canon, depth
+
+    def _canonical_renders(self, coeffs: torch.Tensor):
+        """(canonical (B,3,S,S), depth (B,1,S,S), neutral FaceGeometry) at the FR input size S: one
+        rasterisation of the neutral face; its geometry (neutral shape, albedo) is shared with the other renders."""
+        from recon import face as rface
         from recon.canonical import render_canonical
 
-        mm, renderer, layout = self._assets(images.device)
-        coeffs = self.regressor(resize(images, self.regressor_size))
-        canon, depth = render_canonical(mm, renderer, coeffs, image_size=self.image_size, layout=layout)
-        return coeffs, canon, depth
+        mm, renderer, layout = self._assets(coeffs.device)
+        p = layout.split(coeffs)
+        geo = rface.face_geometry(mm, p["id"], None, p["albedo"], impl=rface._impl(renderer))
+        canon, depth = render_canonical(mm, renderer, coeffs, image_size=self.image_size, layout=layout,
+                                        geometry=geo)
+        return canon, depth, geo
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings of images (B,3,H,W) in [0,1] (what evaluation calls)."""
@@ -116,29 +126,38 @@ class JointTrunk(nn.Module):
         return self.backbone(self.fr_input(images, canon, depth))
 
     def forward(self, images: torch.Tensor, batch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Everything but the head: ``z`` and, when enabled, ``z_canon``, ``z_view``, ``reco`` terms, ``coeffs``."""
+        """Everything but the head: ``z`` and, when enabled, ``z_canon``, ``z_view``, ``reco`` terms, ``coeffs``.
+
+        Work whose lambda is 0 is skipped. The renders of one step share what does not depend on pose:
+        the neutral shape and per-vertex albedo (canonical and posed faces), and the posed shape and its
+        normals (the input view for L_reco and the novel view for L_view differ by rotation only).
+        """
         batch = batch or {}
         if not self.use_recon:
             return {"z": self.backbone(resize(images, self.image_size))}
-        coeffs, canon, depth = self.canonical(images)
+        coeffs = self.regressor(resize(images, self.regressor_size))
+        canon, depth, neutral = self._canonical_renders(coeffs)
         out: Dict[str, Any] = {"coeffs": coeffs}
         out["z"] = self.backbone(self.fr_input(images, canon, depth))
         lam = self.lambdas
         if lam.canon > 0:
             out["z_canon"] = self.backbone(self.fr_input(canon, canon, depth))
         if lam.reco > 0 or lam.view > 0:
-            from recon.face import render_face
+            from recon import face as rface
 
             mm, renderer, layout = self._assets(images.device)
             size = images.shape[-1]
+            p = layout.split(coeffs)
+            geo = rface.face_geometry(mm, p["id"], p["expr"], albedo=neutral.albedo, impl=rface._impl(renderer),
+                                      neutral=neutral.shape)
             if lam.reco > 0:
-                rendered = render_face(mm, renderer, coeffs, image_size=size, layout=layout)
+                rendered = rface.render_face(mm, renderer, coeffs, image_size=size, layout=layout, geometry=geo)
                 from .losses import reconstruction_terms
 
                 out["reco"] = reconstruction_terms(rendered, images, coeffs, batch, self.recon_cfg, mm, layout)
             if lam.view > 0:
                 coeffs_v = perturb_pose(coeffs, layout, self.recon_cfg.view_yaw_deg, self.recon_cfg.view_pitch_deg)
-                view = render_face(mm, renderer, coeffs_v, image_size=size, layout=layout)
+                view = rface.render_face(mm, renderer, coeffs_v, image_size=size, layout=layout, geometry=geo)
                 mask = view["mask"]
                 novel = view["image"] * mask + images * (1 - mask)
                 out["z_view"] = self.backbone(self.fr_input(novel, canon, depth))

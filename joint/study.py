@@ -1,6 +1,7 @@
-"""The accuracy study: heads x input modes x seeds under one budget, plus the LH2Face ablation.
+"""The experiment driver: heads x input modes x seeds under one budget, plus ablation variants.
 
-    python -m joint.study --config configs/study_synthetic.yaml [--out DIR] [--jobs 2] [--report-only]
+    lh2face study --config configs/study_synthetic.yaml [--out DIR] [--jobs 2] [--report-only]
+    lh2face study --config configs/study_modes.yaml      # the four input modes at the demo budget
 
 A study config has two sections (both strict: unknown keys are errors):
 
@@ -9,10 +10,17 @@ A study config has two sections (both strict: unknown keys are errors):
              config with model.head, model.head_options, model.input_mode and run.seed replaced
 
 Every run trains on the same data bundle (same training images, same held-out identities and pairs), with
-the same steps / batch / optimizer, and differs only in head, input mode and seed. With
-``study.rgb_fr_only`` (default) the ``rgb`` mode is the plain recognition model (every reconstruction
-lambda 0, no regressor): what a user without the 3D branch trains; the other modes keep the config's
-lambdas. After training, the final checkpoint embeds the held-out images (flip-test: e(x) + e(flip x),
+the same steps / batch / optimizer, and differs only in head, input mode and seed.
+
+Input modes (joint.config.INPUT_MODES) have one meaning, here as in `lh2face train`: which channels the
+backbone sees. ``rgb`` the image; ``rgb+canonical`` the image and the canonical-pose render of the
+regressed face; ``rgb+depth`` the image and the depth render; ``rgb+canonical+depth`` all three (7
+channels). Whether the reconstruction branch trains is decided by the loss lambdas (``train.loss``),
+in every mode alike: with ``loss.reco > 0`` an ``rgb`` run still trains the regressor through L_reco.
+``study.loss_by_mode`` replaces lambdas for the runs of one mode, e.g. ``{rgb: {reco: 0.0}}`` makes the
+rgb runs the plain recognition model (no regressor at all; configs/study_synthetic.yaml does this).
+
+After training, the final checkpoint embeds the held-out images (flip-test: e(x) + e(flip x),
 un-normalised so the norm is kept) and the run's metrics are computed from those embeddings:
 
 - verification accuracy (10-fold, on the balanced pair subset as `lh2face train` reports it), TAR at
@@ -27,7 +35,8 @@ Layout of the output folder::
     runs/grid/<head>/<mode>/seed<k>/        a training run (config.yaml, metrics, checkpoints, results.json)
         study_run.json, embeddings.npz      the study's metrics for the run and the held-out embeddings
     runs/ablation/<variant>/<mode>/seed<k>/ the same for the ablation variants
-    study.json, study.md                    aggregated table (mean +- std over seeds) and per-run values
+    study.json, study.md                    aggregated table (mean +- std over seeds; reconstruction error
+                                            in mm when the runs measured it) and per-run values
     <plots_dir>/<prefix>roc_<mode>.png, <prefix>normbins_<mode>.png
 
 Resumable: a run with study_run.json is skipped; a run with checkpoints but no study_run.json resumes from
@@ -37,12 +46,9 @@ holds the worker's pid; a claim whose process is gone is taken over), then write
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +58,10 @@ import numpy as np
 
 from lh2face.config import ConfigError, from_dict, load_yaml, merge_overrides, to_dict
 
+from .config import INPUT_MODES
+
 HEADS = ("lh2face", "arcface", "cosface", "adaface")
-STUDY_MODES = ("rgb", "rgb+canonical+depth")
-FIXED_MARGIN_HEAD = "lh2face_fixed_margin"
+STUDY_MODES = (INPUT_MODES[0], INPUT_MODES[-1])  # rgb and rgb+canonical+depth
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -79,7 +86,7 @@ class StudySection:
     input_modes: List[str] = field(default_factory=lambda: list(STUDY_MODES))
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     head_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per head name
-    rgb_fr_only: bool = True  # rgb mode = plain recognition model (reconstruction lambdas 0)
+    loss_by_mode: Dict[str, Dict[str, float]] = field(default_factory=dict)  # mode -> loss lambdas replaced
     ablation: List[AblationVariant] = field(default_factory=list)
     ablation_seeds: List[int] = field(default_factory=lambda: [0])
     norm_bins: int = 4
@@ -115,9 +122,6 @@ def mode_tag(mode: str) -> str:
 
 def load_study_config(path: str, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read and check a study YAML (strict); the `train` section is checked as a TrainConfig too."""
-    from .config import INPUT_MODES
-
-    register_ablation_heads()
     raw = merge_overrides(load_yaml(path), overrides)
     cfg = from_dict(StudyConfig, raw)
     per_run = {"head": "study.heads", "head_options": "study.head_options", "input_mode": "study.input_modes"}
@@ -140,6 +144,9 @@ def load_study_config(path: str, overrides: Sequence[str] = ()) -> StudyConfig:
     for f in list(s.fars) + [s.bin_far]:
         if not 0 < f < 1:
             raise ConfigError(f"study.fars / bin_far: {f} is not in (0, 1)")
+    for m in s.loss_by_mode:
+        if m not in INPUT_MODES:
+            raise ConfigError(f"study.loss_by_mode: '{m}' is not one of {list(INPUT_MODES)}")
     for h in s.head_options:
         if h not in s.heads:
             raise ConfigError(f"study.head_options: '{h}' is not one of study.heads {s.heads}")
@@ -173,50 +180,15 @@ def run_config(cfg: StudyConfig, spec: RunSpec, out_dir: Optional[Path] = None) 
     tc.model.head_options = dict(spec.head_options)
     tc.model.input_mode = spec.mode
     tc.run.seed = int(spec.seed)
-    if spec.mode == "rgb" and cfg.study.rgb_fr_only:
-        tc.loss = LossConfig()
+    if spec.mode in cfg.study.loss_by_mode:
+        lam = dict(to_dict(tc.loss), **cfg.study.loss_by_mode[spec.mode])
+        tc.loss = from_dict(LossConfig, lam, prefix=f"study.loss_by_mode.{spec.mode}")
     if out_dir is not None:
         tc.run.out = str(out_dir)
     try:
         return validate(tc)
     except ConfigError as exc:
         raise ConfigError(f"run {spec.key}: {exc}") from None
-
-
-# ------------------------------------------------------------------------- ablation-only head variant
-
-
-def register_ablation_heads() -> None:
-    """Register `lh2face_fixed_margin`: the LH2Face head with a fixed cosine margin instead of the
-    Uncertainty-Aware Margin. UAM puts the margin m = margin_const * mean|z| on kappa_i cos, an effective
-    cosine margin margin_const * mean|z| / |z_i|; here every sample gets the cosine margin margin_const
-    (target logit kappa_i (cos_iy - margin_const)), everything else (scale normalisation, proxy terms)
-    unchanged. Used only by the study's ablation."""
-    from recognition.heads import HEADS as REGISTRY
-    from recognition.heads import LH2FaceHead
-
-    if FIXED_MARGIN_HEAD in REGISTRY:
-        return
-
-    class LH2FaceFixedMarginHead(LH2FaceHead):
-        name = FIXED_MARGIN_HEAD
-
-        def margin_logits(self, cos, norms, target_col, stats):
-            from recognition.heads import lh2face_logits
-            from recognition.vmf import log_normalizer
-
-            kappa = norms.detach() if self.detach_kappa else norms
-            log_c = log_normalizer(kappa, self.n) if self.include_log_normalizer else None
-            scale = self.s / stats["norm_stat"] if self.scale_normalised else 1.0
-            margin = self.margin_const * kappa  # kappa_i * m: a cosine margin of m for every sample
-            return lh2face_logits(cos, kappa, target_col, margin, scale, log_c)
-
-        def margin_logs(self, norms, stats):
-            logs = super().margin_logs(norms, stats)
-            logs["margin"] = norms.new_tensor(self.margin_const)
-            return logs
-
-    REGISTRY.register(FIXED_MARGIN_HEAD)(LH2FaceFixedMarginHead)
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -234,7 +206,7 @@ def pair_metrics(emb: np.ndarray, i1: np.ndarray, i2: np.ndarray, same: np.ndarr
     from recognition.eval.metrics import tar_at_far_details
     from recognition.eval.verification import cosine_similarity, evaluate_pairs
 
-    from .train import verification_summary
+    from .evaluation import verification_summary
 
     emb = np.asarray(emb, dtype=np.float64)
     i1, i2, same = np.asarray(i1), np.asarray(i2), np.asarray(same).astype(bool)
@@ -473,9 +445,10 @@ def markdown(cfg: StudyConfig, rows: List[Dict[str, Any]], plots: Dict[str, str]
              f"{n_runs} of {n_planned} planned runs finished. Mean +- sample std over seeds; accuracy on the balanced "
              f"held-out pairs (10-fold), TAR@FAR over all held-out pairs; low / high norm = TAR@FAR={s.bin_far:.0e} "
              f"(global threshold) on the pairs in the lowest / highest of {s.norm_bins} min(|z1|,|z2|) quantile bins.", ""]
+    err = any(not math.isnan(r["vertex_error_mm"][0]) for r in rows)  # a column only when measured
     head = ("| mode | head | seeds | accuracy | " + " | ".join(f"TAR@FAR={f:.0e}" for f in fars)
-            + f" | low norm TAR | high norm TAR | mean norm |")
-    sep = "|" + "---|" * (7 + len(fars))
+            + " | low norm TAR | high norm TAR | mean norm |" + (" recon error (mm) |" if err else ""))
+    sep = "|" + "---|" * (7 + len(fars) + int(err))
     bk = f"tar@far={s.bin_far:.0e}"
     for group, title in (("grid", "## Heads x input modes"), ("ablation", "## LH2Face ablation")):
         sel = [r for r in rows if r["group"] == group]
@@ -491,7 +464,8 @@ def markdown(cfg: StudyConfig, rows: List[Dict[str, Any]], plots: Dict[str, str]
             hi = _pm(nb[-1][bk]) if nb and bk in nb[-1] else "n/a"
             lines.append(f"| {r['mode']} | {r['variant']} | {len(r['seeds'])} | {_pm(r['accuracy'])} | "
                          + " | ".join(_pm(r[f"tar@far={f:.0e}"]) for f in fars)
-                         + f" | {lo} | {hi} | {r['mean_norm'][0]:.1f} |")
+                         + f" | {lo} | {hi} | {r['mean_norm'][0]:.1f} |"
+                         + (f" {_pm(r['vertex_error_mm'], 2)} |" if err else ""))
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()] + [""]
@@ -583,58 +557,3 @@ def report(cfg: StudyConfig, out: Path) -> str:
     md = markdown(cfg, rows, plots, len(recs), n_planned)
     write_text_atomic(out / "study.md", md)
     return md
-
-
-# ------------------------------------------------------------------------------------------- entry
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", required=True, help="study YAML (sections study + train)")
-    parser.add_argument("--out", default=None, help="study folder (default: study.out)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (each trains one run at a time)")
-    parser.add_argument("--only", default=None, help="run only the runs whose key contains this text")
-    parser.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("-o", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a study config value (e.g. train.schedule.steps=50, study.seeds=[0])")
-
-
-def run_study(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_study_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: config: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out or cfg.study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.worker or (args.jobs <= 1 and not args.report_only):
-        try:
-            worker(cfg, out, args.only)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if args.worker:
-            return 0
-    elif not args.report_only:
-        cmd = [sys.executable, "-m", "joint.study", "--config", str(args.config), "--out", str(out), "--worker"]
-        for o in args.overrides:
-            cmd += ["--set", o]
-        if args.only:
-            cmd += ["--only", args.only]
-        procs = [subprocess.Popen(cmd) for _ in range(args.jobs)]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            print(f"error: worker exit codes {codes}", file=sys.stderr)
-    md = report(cfg, out)
-    print(md)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m joint.study", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run_study(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -64,20 +64,34 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: PathLike, obj: Any, indent: int = 2) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    """Write `obj` as strict JSON: NaN and +-inf become null (JSON has no literal for them); numpy
+    scalars / arrays, torch tensors and paths are converted."""
+    text = json.dumps(_finite(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+def _finite(o: Any) -> Any:
+    """`o` with every non-finite float (also inside dicts / lists / tuples) replaced by None."""
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
-        return float(o)
+        return _finite(float(o))
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, Path):
         return str(o)
     try:  # torch tensors without importing torch at module import
-        return o.tolist()
+        return _finite(o.tolist())
     except AttributeError:
         raise TypeError(f"cannot serialise {type(o).__name__} to JSON") from None
 

@@ -2,7 +2,8 @@
 
 `align_photos(photos, out_dir, ...)` detects faces and their 68 iBUG landmarks (recon.landmarks, or an
 existing `lh2face landmarks` cache), takes the 5 alignment points, warps each face to the ArcFace template
-scaled to `size` (lh2face.align) and writes
+scaled to `size` (recon.detect_align.detect_and_align: the same steps as `lh2face embed` on raw photos and
+export / visualize on photos) and writes
 
   out_dir/<identity>/<stem>.png       one PNG crop per photo (faces="largest"), written atomically;
   out_dir/<identity>/<stem>_<k>.png   faces="all": face k of the photo (k = 0 the largest);
@@ -27,14 +28,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from lh2face.io import ImageReadError, PathLike, read_image, save_image, write_json_atomic
+from lh2face.io import PathLike, save_image, write_json_atomic
 from lh2face.landmark_sidecar import LandmarkSidecar, SidecarRow, load_sidecar, sidecar_path
 
-FACE_CHOICES = ("largest", "all")
+from .detect_align import FACE_CHOICES, LazyDetector, PhotoError, detect_and_align, read_photo
 REPORT_NAME = "report.json"
 
 
@@ -146,29 +147,11 @@ class CacheDetector:
         return [Face(box=c.boxes[i], score=float(c.scores[i]), landmarks68=c.landmarks68[i],
                      landmarks5=c.landmarks5[i])]
 
-
-# ------------------------------------------------------------------------------------------ faces
-
-
-def aligned_faces(image: np.ndarray, faces: Sequence[Any], size: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Crop each face: returns [(crop uint8 (size,size,3), landmarks68 (68,2), landmarks5 (5,2) in crop
-    pixels, matrix (2,3) photo -> crop)] in the order of `faces`."""
-    from lh2face.align import align_face, transform_points
-
-    out = []
-    for face in faces:
-        crop, m = align_face(image, face.landmarks5, size=size, return_matrix=True)
-        lm68 = transform_points(face.landmarks68, m).astype(np.float32)
-        lm5 = transform_points(face.landmarks5, m).astype(np.float32)
-        out.append((crop, lm68, lm5, m))
-    return out
-
-
-def _choose(faces: Sequence[Any], mode: str) -> List[Any]:
-    """largest: [the largest face]; all: every face, largest first (ties keep detector order)."""
-    order = sorted(range(len(faces)), key=lambda k: -faces[k].area)
-    picked = [faces[k] for k in order]
-    return picked[:1] if mode == "largest" else picked
+    def detector_for(self, path: PathLike) -> Optional[Callable[[np.ndarray], list]]:
+        """A detector (image -> the cached faces of `path`) for detect_and_align, or None when the photo
+        is not in the cache."""
+        found = self.faces(path)
+        return None if found is None else (lambda _image: found)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -195,8 +178,6 @@ def align_photos(
     """
     from tqdm import tqdm
 
-    from .landmarks.base import DetectorUnavailable
-
     if faces not in FACE_CHOICES:
         raise ValueError(f"faces must be one of {', '.join(FACE_CHOICES)}, got {faces!r}")
     if not isinstance(size, int) or size < 16:
@@ -209,8 +190,8 @@ def align_photos(
     if not photos and cached is None:
         raise ValueError("no photos given (and no --landmarks cache to take them from)")
     sources = collect_sources(photos if photos else cached.paths())
-    name = f"cache:{Path(cache).name}" if cached is not None else (detector if isinstance(detector, str) else
-                                                                  getattr(detector, "name", "custom"))
+    det = LazyDetector(detector, detector_options)  # built when the first photo needs it
+    name = f"cache:{Path(cache).name}" if cached is not None else det.name
     side_file = sidecar_path(out_dir)
     if side_file.exists():
         side = load_sidecar(side_file)
@@ -222,20 +203,6 @@ def align_photos(
     done = {_key(s) for s in side.sources()}
     owner = {row.file: _key(row.source) for row in side.rows.values()}
     report = AlignReport(photos=len(sources), size=size, detector=name)
-    det: Optional[Callable] = None
-
-    def detect(path: Path, image: np.ndarray) -> Optional[list]:
-        nonlocal det
-        if cached is not None:
-            return cached.faces(path)
-        if det is None:
-            if callable(detector):
-                det = detector
-            else:
-                from .landmarks import build_detector
-
-                det = build_detector(detector, **(detector_options or {}))
-        return det(image)
 
     def fail(path: Path, reason: str) -> None:
         report.failed.append({"path": str(path), "reason": reason})
@@ -260,37 +227,25 @@ def align_photos(
             if n and n % max(1, save_every) == 0:
                 save()
             try:
-                image = read_image(src.path)
-            except ImageReadError as exc:
-                fail(src.path, f"unreadable: {exc}")
+                image = read_photo(src.path)
+                found = det if cached is None else cached.detector_for(src.path)
+                if found is None:
+                    fail(src.path, f"not in the landmark cache: {cache}; rebuild it with `lh2face landmarks` "
+                                   "or align without --landmarks")
+                    continue
+                chosen = detect_and_align(image, found, size=size, faces=faces).faces
+            except PhotoError as exc:  # unreadable, no face, detector failed: listed, the batch goes on
+                fail(src.path, str(exc))
                 continue
-            except OSError as exc:
-                fail(src.path, f"unreadable: {src.path}: {exc}")
-                continue
-            try:
-                found = detect(src.path, image)
-            except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the batch
-                if isinstance(exc, DetectorUnavailable):
-                    raise
-                fail(src.path, f"detector failed: {type(exc).__name__}: {exc}")
-                continue
-            if found is None:
-                fail(src.path, f"not in the landmark cache: {cache}; rebuild it with `lh2face landmarks` "
-                               "or align without --landmarks")
-                continue
-            if not found:
-                fail(src.path, "no face found: the detector found no face in this photo")
-                continue
-            chosen = _choose(found, faces)
             names = [f"{src.rel}.png"] if faces == "largest" else [f"{src.rel}_{k}.png" for k in range(len(chosen))]
             clash = [nm for nm in names if nm in owner and owner[nm] != _key(src.path)]
             if clash:
                 fail(src.path, f"name clash: crop {clash[0]} already comes from {owner[clash[0]]}; rename one photo")
                 continue
-            for k, (face, nm, (crop, lm68, lm5, m)) in enumerate(zip(chosen, names, aligned_faces(image, chosen, size))):
-                save_image(out_dir / nm, crop)
-                side.add(SidecarRow(file=nm, landmarks68=lm68, landmarks5=lm5, matrix=m, score=float(face.score),
-                                    source=_key(src.path), face_index=k))
+            for k, (nm, a) in enumerate(zip(names, chosen)):
+                save_image(out_dir / nm, a.crop)
+                side.add(SidecarRow(file=nm, landmarks68=a.landmarks68, landmarks5=a.landmarks5, matrix=a.matrix,
+                                    score=float(a.face.score), source=_key(src.path), face_index=k))
                 owner[nm] = _key(src.path)
                 report.crops += 1
             report.aligned += 1
@@ -305,5 +260,4 @@ def align_photos(
     return report
 
 
-__all__ = ["AlignReport", "AlignSource", "CacheDetector", "FACE_CHOICES", "align_photos", "aligned_faces",
-           "collect_sources"]
+__all__ = ["AlignReport", "AlignSource", "CacheDetector", "FACE_CHOICES", "align_photos", "collect_sources"]

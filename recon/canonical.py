@@ -17,9 +17,10 @@ import torch
 
 from .camera import canonical_camera
 from .coeffs import CoeffLayout
+from .face import FaceGeometry, _impl, face_colours, face_geometry, fill_holes_fast
 from .lighting import standard_light
 from .morphable import MorphableModel
-from .face import face_colours
+from .render.base import full_precision_call
 
 
 def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -41,13 +42,19 @@ def normalise_depth(depth: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) 
     return torch.where(hit, d, torch.zeros_like(d)) * mask
 
 
+@full_precision_call
 def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.Tensor,
                      albedo: torch.Tensor | None = None, image_size: int = 112,
-                     layout: CoeffLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     layout: CoeffLayout | None = None, geometry: FaceGeometry | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical renders of the faces' identities.
 
     coeffs_or_id: full coefficient vectors (B,P) (when albedo is None; every slice but id and albedo
     is ignored) or identity coefficients (B,n_id); albedo: (B,n_albedo,3) or (B,3*n_albedo) or None.
+    geometry: the neutral-expression FaceGeometry of these identities and albedos when the caller has
+    it (recon.face.face_geometry(model, id, None, albedo)); computed here by default.
+    One rasterisation gives both outputs (the colour and the camera z are interpolated together). Runs in
+    float32 whatever the autocast state (half-precision inputs are cast to float32).
     Returns canonical (B,3,S,S) in [0,1] (0 on background) and depth (B,1,S,S) in [0,1] (near = 1,
     0 on background), S = image_size (112 by default: the aligned crop).
     """
@@ -61,10 +68,15 @@ def render_canonical(model: MorphableModel, renderer: Any, coeffs_or_id: torch.T
             raise ValueError(f"identity coefficients must be (B,{model.n_id}) when albedo is given, got "
                              f"{tuple(ident.shape)}; pass full coefficient vectors with albedo=None instead")
     cam = canonical_camera(image_size, dtype=model.mean.dtype, device=model.mean.device)
-    verts = model.shape(ident, None)
-    vcam = verts @ cam.R.T + cam.t
-    normals = model.vertex_normals(vcam)
+    impl = _impl(renderer)
+    if geometry is None:
+        geometry = face_geometry(model, ident, None, alb, impl=impl)
+    if torch.equal(cam.R, torch.diag(torch.diagonal(cam.R))):  # the canonical camera: a diagonal flip
+        flip = torch.diagonal(cam.R)
+        vcam, normals = geometry.shape * flip + cam.t, geometry.normals * flip
+    else:
+        vcam, normals = geometry.shape @ cam.R.T + cam.t, geometry.normals @ cam.R.T
     light = standard_light(ident.shape[0], dtype=vcam.dtype).to(vcam.device)
-    colours, _, _ = face_colours(model, alb, normals, light)
-    out = renderer(*model.fill_holes(vcam, colours), image_size, cam.K)
+    colours, _, _ = face_colours(model, None, normals, light, albedo=geometry.albedo, impl=impl)
+    out = renderer(*fill_holes_fast(model, vcam, colours), image_size, cam.K)
     return out.image.clamp(0.0, 1.0), normalise_depth(out.depth, out.mask)

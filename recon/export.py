@@ -422,7 +422,7 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
     Folders are expanded by recon.photos.list_images; clashes are refused up front unless overwrite."""
     from .coeffs import CoeffLayout
     from .morphable import MorphableModel
-    from .photos import list_images, reconstruct_photos
+    from .photos import list_images, new_photo_report, reconstruct_photos, record_result
     from .render import build_renderer
 
     files = list_images(paths)
@@ -435,14 +435,11 @@ def export_photos(paths: Sequence[PathLike], out_dir: PathLike, overwrite: bool 
     model = MorphableModel()
     renderer = build_renderer(backend)
     layout = CoeffLayout.from_model(model)
-    report: dict[str, Any] = {"processed": [], "skipped": [], "seconds": {}}
+    report = new_photo_report()
     for res in reconstruct_photos(files, detector=detector, model=model, renderer=renderer, **fit_options):
         path = str(res.path)
-        for k, v in (getattr(res, "seconds", None) or {}).items():
-            report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
-        reason = str(res.reason) if not res.ok else ("no coefficients (fitting was off)" if res.coeffs is None else "")
+        reason = record_result(report, res)
         if reason:
-            report["skipped"].append({"path": path, "reason": reason})
             if progress:
                 print(f"  skipped {path}: {reason}")
             continue

@@ -2,7 +2,8 @@
 
 `reconstruct_photos(paths, detector="dlib", ...)` yields one `PhotoResult` per image file (folders are
 expanded). For each image: read it, detect faces and 68 landmarks, keep the largest face, align it to
-the ArcFace template (a square crop of `image_size` pixels, the template scaled with it), fit the
+the ArcFace template (a square crop of `image_size` pixels, the template scaled with it; these steps
+are recon.detect_align.detect_and_align, shared with `lh2face align` and `lh2face embed`), fit the
 morphable model to the crop (recon.fitting.fit_image) and measure the landmark NME (normalised by the
 inter-ocular distance) of the model before and after fitting. A file that cannot be read, an image
 with no face, or a failing fit gives ok=False with the reason; the batch always goes on.
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Unio
 
 import numpy as np
 
-from lh2face.io import ImageReadError, PathLike, read_image
+from lh2face.io import PathLike
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 
@@ -65,7 +66,7 @@ class PhotoResult:
     fitted coefficients (CoeffLayout order) or None; fit_landmarks: (68,2) the fitted model's
     landmarks in the crop; fit_history: per-step loss dicts; nme: {"before", "after"} landmark NME of
     the model (mean face at the solved pose / fitted) against the detected landmarks;
-    seconds: {"detect", "fit"} wall time.
+    seconds: {"detect" (detection + alignment), "regress", "fit"} wall time.
     """
 
     path: Path
@@ -82,14 +83,6 @@ class PhotoResult:
     fit_history: List[Dict[str, Any]] = field(default_factory=list)
     nme: Dict[str, float] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
-
-
-def _resolve_detector(detector: Union[str, Callable], options: Optional[dict]) -> Callable:
-    if callable(detector):
-        return detector
-    from .landmarks import build_detector
-
-    return build_detector(detector, **(options or {}))
 
 
 def reconstruct_photos(
@@ -119,9 +112,7 @@ def reconstruct_photos(
     Building the detector may raise recon.landmarks.DetectorUnavailable (nothing would work);
     per-image problems never raise.
     """
-    from lh2face.align import align_face
-
-    from .landmarks.cache import largest_face
+    from .detect_align import DetectorFailed, LazyDetector, NoFaceError, PhotoError, detect_and_align, read_photo
 
     if not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
@@ -130,7 +121,7 @@ def reconstruct_photos(
         raise ValueError("fit_steps is for fitting from scratch; with a regressor use refine_steps")
     if int(refine_steps) < 0 or (refine_steps and regressor is None):
         raise ValueError(f"refine_steps must be >= 0 and needs a regressor, got {refine_steps!r}")
-    det = _resolve_detector(detector, detector_options)
+    det = LazyDetector(detector, detector_options).get()  # up front: without a detector nothing would work
     do_fit = regressor is None and (fit_steps is None or int(fit_steps) > 0)
     if regressor is not None and refine_steps:
         fit_options = {"steps_pose": 0, "steps_shape": 0, **fit_options, "steps_photo": int(refine_steps)}
@@ -152,32 +143,27 @@ def reconstruct_photos(
     for path in files:
         res = PhotoResult(path=Path(path), ok=False)
         try:
-            res.image = read_image(path)
-        except ImageReadError as exc:
-            res.reason = f"unreadable: {exc}"
-            yield res
-            continue
-        except OSError as exc:  # permissions, a folder named like an image, ...
-            res.reason = f"unreadable: {path}: {exc}"
+            res.image = read_photo(path)
+        except PhotoError as exc:
+            res.reason = str(exc)
             yield res
             continue
         t0 = time.perf_counter()
         try:
-            faces = det(res.image)
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch
-            res.reason = f"detector failed: {type(exc).__name__}: {exc}"
+            found = detect_and_align(res.image, det, size=image_size)
+        except DetectorFailed as exc:
+            res.reason = str(exc)
             yield res
             continue
-        res.seconds["detect"] = time.perf_counter() - t0
-        res.num_faces = len(faces)
-        res.face = largest_face(faces)
-        if res.face is None:
-            res.reason = "no face found"
+        except NoFaceError as exc:
+            found, res.reason = None, str(exc)
+        res.seconds["detect"] = time.perf_counter() - t0  # detection + alignment
+        if found is None:
             yield res
             continue
-        res.aligned, res.matrix = align_face(res.image, res.face.landmarks5, size=image_size, return_matrix=True)
-        M = np.asarray(res.matrix, dtype=np.float64)
-        res.landmarks = (res.face.landmarks68.astype(np.float64) @ M[:, :2].T + M[:, 2]).astype(np.float32)
+        res.num_faces = found.num_detected
+        best = found.faces[0]
+        res.face, res.aligned, res.matrix, res.landmarks = best.face, best.crop, best.matrix, best.landmarks68
         init = None
         if regressor is not None:
             t0 = time.perf_counter()
@@ -225,6 +211,24 @@ def regress_crop(regressor: Callable[[Any], Any], crop: np.ndarray) -> Any:
     if out.dim() != 2 or out.shape[0] != 1 or not torch.isfinite(out).all():
         raise ValueError(f"the regressor must return finite (1,P) coefficients, got shape {tuple(out.shape)}")
     return out
+
+
+def new_photo_report() -> Dict[str, Any]:
+    """The report export / visualize write for photos: processed [{path, ...}], skipped [{path, reason}],
+    seconds {detect, regress, fit: totals over the photos}."""
+    return {"processed": [], "skipped": [], "seconds": {}}
+
+
+def record_result(report: Dict[str, Any], res: Any) -> str:
+    """Add one PhotoResult to `report` (new_photo_report): its seconds are summed into report["seconds"];
+    an unusable result (not ok, or ok without coefficients) goes to report["skipped"] and its reason is
+    returned; "" for a usable one (the caller lists it in "processed" once its output exists)."""
+    for k, v in (getattr(res, "seconds", None) or {}).items():
+        report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
+    reason = str(res.reason) if not res.ok else ("no coefficients (fitting was off)" if res.coeffs is None else "")
+    if reason:
+        report["skipped"].append({"path": str(res.path), "reason": reason})
+    return reason
 
 
 def summarize(results: Iterable[PhotoResult]) -> Dict[str, Any]:

@@ -10,16 +10,14 @@
   out_dir/images/*.png         the pictures the page shows.
 
 Every file is written atomically; the page has no scripts and no external resources.
-Command line: `python -m recon.report PHOTOS... --out DIR [--fit-steps N] [--image-size S]`.
+Command line: `lh2face report PHOTOS... --out DIR` (joint.commands.report).
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import math
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -191,42 +189,3 @@ def write_report(results: Iterable[Any], out_dir: PathLike, model: Any = None, r
     index = out / "index.html"
     write_text_atomic(index, "\n".join(parts) + "\n")
     return index
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """Arguments of `lh2face report` / `python -m recon.report`."""
-    ap.add_argument("photos", nargs="+", help="image files and/or folders")
-    ap.add_argument("--out", required=True, help="report folder (index.html + images/)")
-    ap.add_argument("--detector", default="dlib", help="landmark backend: dlib or face_alignment")
-    ap.add_argument("--fit-steps", type=int, default=None, help="Adam steps per fitting stage (0: detect only)")
-    ap.add_argument("--image-size", type=int, default=112, help="aligned crop size the model is fitted to")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Reconstruct the photos and write the report; exit code 0 if any photo worked, 1 if none, 2 on bad input."""
-    from .photos import reconstruct_photos
-
-    try:
-        results = []
-        for r in reconstruct_photos(args.photos, detector=args.detector, fit_steps=args.fit_steps,
-                                    image_size=args.image_size):
-            print(f"  {r.path}: " + ("ok" if r.ok else r.reason), file=sys.stderr)
-            results.append(r)
-    except (FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    index = write_report(results, args.out)
-    n_ok = sum(r.ok for r in results)
-    print(f"{n_ok}/{len(results)} photos reconstructed; report: {index}")
-    return 0 if n_ok else 1
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m recon.report PHOTOS... --out DIR`: reconstruct photos and write the HTML report."""
-    ap = argparse.ArgumentParser(prog="python -m recon.report", description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    return run(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,36 +21,13 @@ from lh2face.align import ARCFACE_TEMPLATE, warp_affine
 from lh2face.io import read_image
 from lh2face.landmark_sidecar import SidecarError, load_sidecar
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "photos"
+from helpers import PHOTOS, identity_tree
+
 LFW_DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw-dev"
 
 pytest.importorskip("dlib", reason="the dlib landmark backend (dlib-bin) is not installed")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def identity_tree(root: Path, bad: bool = True) -> Path:
-    """root/<person>/{<photo>, <photo>_mirror}.png for every fixture photo (2 photos per person), plus a
-    corrupt file and a flat grey (no face) image in the first person's folder when `bad`."""
-    for src in sorted(FIXTURES.iterdir()):
-        if src.suffix.lower() not in (".jpg", ".pgm"):
-            continue
-        person = root / src.stem.rsplit("_", 1)[0]
-        person.mkdir(parents=True, exist_ok=True)
-        img = Image.open(src).convert("RGB")
-        img.save(person / f"{src.stem}.png")
-        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(person / f"{src.stem}_mirror.png")
-    if bad:
-        first = sorted(p for p in root.iterdir() if p.is_dir())[0]
-        (first / "corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not a JPEG")
-        Image.new("RGB", (120, 120), (128, 128, 128)).save(first / "grey.png")
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +71,12 @@ def test_crop_is_the_source_warped_by_the_stored_matrix(aligned):
 
 
 def test_stored_landmarks_agree_with_detection_on_the_crop_and_the_template(aligned):
-    from recon.landmarks import build_detector, inter_ocular
+    from recon.detect_align import LazyDetector
+    from recon.landmarks import inter_ocular
 
     _, out = aligned
     side = load_sidecar(out / "landmarks.npz")
-    det = build_detector("dlib")
+    det = LazyDetector("dlib").get()  # the process's dlib detector (loaded once)
     errs, tmpl = [], []
     for name, row in side.rows.items():
         faces = det(read_image(out / name))
@@ -132,8 +110,8 @@ def test_rerun_skips_done_photos_and_resumes_a_lost_row(aligned, tmp_path, capsy
 
 
 def test_faces_all_names_every_face(tmp_path):
-    a = Image.open(FIXTURES / "Hu_Jintao_0001.jpg").convert("RGB")
-    b = Image.open(FIXTURES / "Condoleezza_Rice_0001.jpg").convert("RGB").resize((200, 200))
+    a = Image.open(PHOTOS / "Hu_Jintao_0001.jpg").convert("RGB")
+    b = Image.open(PHOTOS / "Condoleezza_Rice_0001.jpg").convert("RGB").resize((200, 200))
     two = Image.new("RGB", (460, 260), (40, 40, 40))
     two.paste(a, (0, 0))
     two.paste(b, (255, 30))
@@ -164,7 +142,7 @@ def test_landmark_cache_gives_the_same_crops(aligned, tmp_path, capsys):
     # a photo that the cache does not hold is reported, not detected
     extra = tmp_path / "extra" / "someone"
     extra.mkdir(parents=True)
-    shutil.copy(FIXTURES / "Hu_Jintao_0001.jpg", extra / "x.jpg")
+    shutil.copy(PHOTOS / "Hu_Jintao_0001.jpg", extra / "x.jpg")
     assert main(["align", str(extra), "--landmarks", str(cache), "--out", str(tmp_path / "o2"), "--quiet"]) == 1
     assert "not in the landmark cache" in json.loads((tmp_path / "o2" / "report.json").read_text())["failed"][0]["reason"]
 
@@ -286,8 +264,59 @@ def test_sidecar_wrong_shape_nan_and_image_size_are_errors(aligned, tmp_path):
 def test_the_same_photo_given_twice_is_aligned_once(tmp_path, capsys):
     person = tmp_path / "in" / "Hu"
     person.mkdir(parents=True)
-    shutil.copy(FIXTURES / "Hu_Jintao_0001.jpg", person / "a.jpg")
+    shutil.copy(PHOTOS / "Hu_Jintao_0001.jpg", person / "a.jpg")
     assert main(["align", str(tmp_path / "in"), str(person / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert "aligned 1 photo(s) into 1 crop(s)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "report.json").read_text())["photos"] == 1
     assert crop_files(tmp_path / "o") == ["Hu/a.png"]
+
+
+def test_align_embed_and_photos_share_one_detection_path(aligned, tmp_path):
+    """The crop `lh2face align` wrote, the crop recon.photos (export / visualize) makes and the crop
+    `lh2face embed` embeds for the same raw photo are the same pixels; the dlib model is loaded once."""
+    from joint.embed import PhotoLoader
+    from recon.detect_align import LazyDetector
+    from recon.photos import reconstruct_photos
+
+    src, out = aligned
+    photo = src / "Hu_Jintao" / "Hu_Jintao_0001.png"
+    written = read_image(out / "Hu_Jintao" / "Hu_Jintao_0001.png")
+    res = next(reconstruct_photos([photo], fit_steps=0))
+    assert np.array_equal(res.aligned, written)
+    loader = PhotoLoader(112, aligned=False)
+    from_embed = loader(photo)
+    assert torch.equal(from_embed, torch.from_numpy(written).permute(2, 0, 1).float() / 255.0)
+    assert loader.detector.get() is LazyDetector("dlib").get()  # built once per process
+
+
+def test_detect_and_align_orders_faces_and_names_each_failure(tmp_path):
+    """recon.detect_align: faces largest first (ties keep the detector's order), and the reasons the batch
+    commands list; a detector that cannot run at all is not a per-photo failure."""
+    from recon.detect_align import (DetectorFailed, LazyDetector, NoFaceError, UnreadablePhoto, detect_and_align,
+                                    read_photo)
+    from recon.landmarks import DetectorUnavailable, Face
+
+    image = read_photo(PHOTOS / "Hu_Jintao_0001.jpg")
+    real = LazyDetector("dlib").get()(image)[0]
+    small = Face(box=[10, 10, 30, 30], score=2.0, landmarks68=real.landmarks68 * 0.2 + 10)
+    twin = Face(box=real.box, score=0.5, landmarks68=real.landmarks68 + 1.0)  # same area, detected later
+    got = detect_and_align(image, lambda im: [small, real, twin], size=96, faces="all")
+    assert got.num_detected == 3 and [a.face for a in got.faces] == [real, twin, small]
+    assert all(a.crop.shape == (96, 96, 3) and a.landmarks68.shape == (68, 2) for a in got.faces)
+    one = detect_and_align(image, lambda im: [small, real, twin], size=96)
+    assert [a.face for a in one.faces] == [real] and np.array_equal(one.faces[0].crop, got.faces[0].crop)
+    with pytest.raises(NoFaceError, match="^no face found$"):
+        detect_and_align(image, lambda im: [])
+
+    def crash(im):
+        raise RuntimeError("crashed")
+
+    def missing(im):
+        raise DetectorUnavailable("install dlib-bin")
+
+    with pytest.raises(DetectorFailed, match="^detector failed: RuntimeError: crashed$"):
+        detect_and_align(image, crash)
+    with pytest.raises(DetectorUnavailable):
+        detect_and_align(image, missing)
+    with pytest.raises(UnreadablePhoto, match="^unreadable: .*nope.jpg"):
+        read_photo(tmp_path / "nope.jpg")

@@ -54,15 +54,16 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for name in ("train", "eval", "study", "modes"):
+    for name in ("train", "eval", "study", "report"):
         assert name in text
-    for name in ("train", "eval", "study", "modes"):
+    for name in ("train", "eval", "study", "report"):
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
         assert e.value.code == 0
-    with pytest.raises(SystemExit) as e:
-        main(["no-such-command"])
-    assert e.value.code == 2
+    for gone in ("no-such-command", "modes"):  # modes is a study preset now (configs/study_modes.yaml)
+        with pytest.raises(SystemExit) as e:
+            main([gone])
+        assert e.value.code == 2
     assert main([]) == 2  # no command: help, exit 2
 
 
@@ -72,9 +73,34 @@ def test_console_script_runs():
     assert rc.returncode == 0 and "--resume" in rc.stdout and "--nproc" in rc.stdout
 
 
-def test_load_commands_absent_and_broken(monkeypatch):
+def test_every_listed_command_follows_the_pattern():
+    from joint.commands import COMMANDS
+
+    mods, errors = load_commands()
+    assert not errors and sorted(m.__name__.rsplit(".", 1)[1] for m in mods.values()) == sorted(COMMANDS)
+    for mod in mods.values():
+        assert mod.NAME == mod.__name__.rsplit(".", 1)[1].replace("_", "-")  # module export_onnx -> export-onnx
+        assert isinstance(mod.NAME, str) and isinstance(mod.HELP, str) and callable(mod.add_arguments)
+        assert callable(mod.run) and not hasattr(mod, "main")
+
+
+def test_listed_command_that_fails_to_import_is_an_error_naming_it(monkeypatch, capsys):
+    """A listed module that does not exist or raises on import is never dropped silently: `lh2face`
+    names it on every call, and running it exits 2 with the reason."""
+    import joint.commands as jc
+
     mods, errors = load_commands(["train", "not_written_yet"])
-    assert list(mods) == ["train"] and not errors
+    assert list(mods) == ["train"] and "joint.commands.not_written_yet" in errors["not_written_yet"]
+    monkeypatch.setattr(jc, "COMMANDS", ["train", "not_written_yet"])
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "not_written_yet" in capsys.readouterr().err
+    assert main(["not_written_yet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: sub-command 'not_written_yet' is unavailable" in err and "failed to import" in err
+
+
+def test_load_commands_absent_and_broken(monkeypatch):
     fake = types.ModuleType("joint.commands.halfdone")
     fake.NAME = "halfdone"
     monkeypatch.setitem(sys.modules, "joint.commands.halfdone", fake)
@@ -149,8 +175,6 @@ def test_eval_errors(trained_run, tmp_path, capsys):
 
 def test_train_nproc_spawns_torchrun(monkeypatch, tmp_path):
     import subprocess as sp
-
-    from joint import train as jt
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"root": str(ROOT / "assets" / "att_faces")}}))

@@ -107,6 +107,25 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
     assert yaml.safe_load((tmp_path / "j.json").read_text()) == {"a": 1.5, "b": [0, 1]}
 
 
+def test_json_non_finite_values_become_null(tmp_path):
+    """JSON has no NaN / Infinity literal: strict parsers reject them, so they are written as null, at any
+    depth and from any number type (float, numpy scalar / array, torch tensor)."""
+    import json
+
+    obj = {"nan": float("nan"), "inf": float("inf"), "ok": 2.5, "nested": [1.0, {"x": -float("inf")}],
+           "np": np.float64("nan"), "np32": np.float32("inf"), "arr": np.array([1.0, np.nan]),
+           "t": torch.tensor([np.inf, 3.0]), "tup": (float("nan"), 1), "flag": True}
+    write_json_atomic(tmp_path / "r.json", obj)
+    text = (tmp_path / "r.json").read_text()
+
+    def strict(const):
+        raise ValueError(f"non-JSON literal {const}")
+
+    back = json.loads(text, parse_constant=strict)
+    assert back == {"nan": None, "inf": None, "ok": 2.5, "nested": [1.0, {"x": None}], "np": None, "np32": None,
+                    "arr": [1.0, None], "t": [None, 3.0], "tup": [None, 1], "flag": True}
+
+
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     p = tmp_path / "c.pt"
     state = {"w": torch.arange(6.0).reshape(2, 3), "step": 7}

@@ -17,13 +17,7 @@ from recon.export import (ExportExistsError, depth_to_uint16, export_coefficient
                           synthetic_identities, uint16_to_depth)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Many small tensor ops per image: one intra-op thread is much faster on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

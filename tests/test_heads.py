@@ -193,6 +193,33 @@ def test_lh2face_scale_normalised_is_per_sample_scaled_cosface() -> None:
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale_normalised", [False, True])
+def test_lh2face_fixed_cosine_margin_hand_example(scale_normalised: bool) -> None:
+    """margin="fixed_cosine" (the UAM ablation): target logit kappa_i (cos_iy - m), other logits kappa_i cos_ij,
+    all times s / mean|z| when scale-normalised; L_vMF is the cross-entropy of those logits (numpy)."""
+    m, s = 0.35, 64.0
+    kappa = np.linalg.norm(Z, axis=1)
+    cos = _np_cos()
+    logits = kappa[:, None] * cos
+    logits[np.arange(4), Y] = kappa * (cos[np.arange(4), Y] - m)
+    if scale_normalised:
+        logits = logits * s / kappa.mean()
+    head = _head("lh2face", margin="fixed_cosine", margin_const=m, s=s, scale_normalised=scale_normalised,
+                 w_pps=0.0, w_pns=0.0, w_pp=0.0)
+    loss, logs, _ = _run(head)
+    assert float(loss) == pytest.approx(_np_ce(logits, Y), rel=1e-10)
+    assert float(logs["margin"]) == pytest.approx(m)  # the same cosine margin for every sample
+    # UAM on the same input differs on the target column only: margin m * mean|z| instead of m * |z_i|
+    uam = logits.copy() / (s / kappa.mean() if scale_normalised else 1.0)
+    uam[np.arange(4), Y] = kappa * cos[np.arange(4), Y] - m * kappa.mean()
+    uam = uam * (s / kappa.mean() if scale_normalised else 1.0)
+    loss_uam, _, _ = _run(_head("lh2face", margin_const=m, s=s, scale_normalised=scale_normalised,
+                                w_pps=0.0, w_pns=0.0, w_pp=0.0))
+    assert float(loss_uam) == pytest.approx(_np_ce(uam, Y), rel=1e-10)
+    with pytest.raises(ValueError, match="option margin must be one of uam, fixed_cosine"):
+        build_head("lh2face", 10, margin="fixed")
+
+
 def test_lh2face_pps_norm_gradient_is_a_minus_cos() -> None:
     """With the direction detached, d L_pps / d z_i = (A_n(|z_i|) - cos_iy) x_i / B."""
     n = 256

@@ -14,9 +14,11 @@ import pytest
 from lh2face.align import ARCFACE_TEMPLATE
 from lh2face.io import read_image, save_image
 from recon.landmarks import Face
-from recon.photos import PhotoResult, list_images, reconstruct_photos, summarize
+from recon.photos import list_images, reconstruct_photos, summarize
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +78,9 @@ def test_alignment_fit_and_nme(results):
 def test_detect_only_and_largest_face(photo_dir):
     small = Face(box=[10, 10, 30, 30], score=2.0, landmarks68=np.random.default_rng(0).uniform(10, 30, (68, 2)))
     lm = read_image(PHOTOS / "Hu_Jintao_0001.jpg")  # the real face's landmarks come from dlib below
-    from recon.landmarks import build_detector
+    from recon.detect_align import LazyDetector
 
-    real = build_detector("dlib")(lm)[0]
+    real = LazyDetector("dlib").get()(lm)[0]  # the process's dlib detector (its model loads once)
 
     def two_faces(image):  # most confident first, but the second is larger
         return [small, real]

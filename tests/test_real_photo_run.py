@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,11 @@ from PIL import Image
 from joint.cli import main
 from lh2face.io import read_image
 
-from test_align_photos import FIXTURES, identity_tree, one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import PHOTOS as FIXTURES, identity_tree
 
 pytest.importorskip("dlib", reason="the dlib landmark backend (dlib-bin) is not installed")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PHOTOS = [FIXTURES / "Hu_Jintao_0001.jpg", FIXTURES / "att_s1_1.pgm"]
 

@@ -132,3 +132,73 @@ def test_missing_pytorch3d_error_names_environment():
     assert "environment.yml" in msg and "conda env create -f environment.yml" in msg
     # auto falls back to the project's own backend
     assert build_renderer("auto").name == "torch"
+
+
+def _soft_renderer(request_param, sigma: float):
+    name, opts, device = request_param
+    if name == "pytorch3d":
+        pytest.importorskip("pytorch3d")
+    return _OnDevice(build_renderer(name, soft_edges=sigma, **opts), device)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_soft_rim_uses_the_triangle_nearest_to_the_pixel_not_nearest_in_z(backend):
+    """Pixel centre (row 8, col 8) is uncovered. One far triangle (z = 40) has its nearest point 1 px from
+    it; six near triangles (z = 10, more than PyTorch3D's faces_per_pixel) lie 3 px away. The soft mask
+    there must be rim_profile(1 px), whatever the depths (the definition of Renderer.soft_mask)."""
+    from recon.render.interpolate import rim_profile
+
+    sigma = 1.0
+    h = w = 17
+    K = _K(20.0, w / 2.0, h / 2.0)
+    px, py = 8.5, 8.5
+    tris_uv = [[(px + 1.0, py - 2.0), (px + 1.0, py + 2.0), (px + 3.0, py)]]  # edge x = px + 1: 1 px away
+    zs = [40.0]
+    for k in range(6):  # a fan left of the pixel, edge x = px - 3
+        y0 = py - 3.0 + k
+        tris_uv.append([(px - 3.0, y0), (px - 3.0, y0 + 1.0), (px - 5.0, y0 + 0.5)])
+        zs.append(10.0)
+    verts, tris = [], []
+    for t, (uv, z) in enumerate(zip(tris_uv, zs)):
+        # order the corners counter-clockwise as displayed (negative signed area)
+        (u0, v0), (u1, v1), (u2, v2) = uv
+        if (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0) > 0:
+            uv = [uv[0], uv[2], uv[1]]
+        verts.append(_unproject(uv, z, K))
+        tris.append([3 * t, 3 * t + 1, 3 * t + 2])
+    verts = torch.cat(verts)[None]
+    tri = torch.tensor(tris)
+    r = _soft_renderer(backend, sigma)
+    out = r(verts, tri, torch.ones(1, verts.shape[1], 1), (h, w), K)
+    assert out.mask[0, 0, 8, 8].item() < 1.0  # uncovered
+    expected = rim_profile(torch.tensor(1.0, dtype=torch.float64), sigma, 4 * sigma).item()
+    assert out.mask[0, 0, 8, 8].item() == pytest.approx(expected, abs=1e-5)
+    assert expected > rim_profile(torch.tensor(3.0, dtype=torch.float64), sigma, 4 * sigma).item() + 0.1
+
+
+@pytest.mark.parametrize("soft", [None, 1.0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_render_under_autocast_is_the_float32_render(backend, soft):
+    """Under bf16 autocast, and with bf16 inputs, the renderer computes and returns float32: the same
+    numbers as the float32 render of the same (float32) inputs."""
+    name, opts, device = backend
+    if name == "pytorch3d":
+        pytest.importorskip("pytorch3d")
+    renderer = build_renderer(name, soft_edges=soft, **opts)
+    h, w = 12, 14
+    K = _K(12.0, w / 2.0, h / 2.0).to(device)
+    corners = _unproject([(2.0, 2.0), (12.0, 3.0), (11.0, 10.0), (3.0, 9.0)], 30.0, K.cpu())
+    corners[:, 2] += torch.tensor([0.0, 4.0, 8.0, 2.0])
+    verts = corners[None].to(device)
+    tri = torch.tensor([[0, 3, 2], [0, 2, 1]], device=device)
+    attrs = torch.tensor([[[0.1, 0.2], [0.9, 0.3], [0.4, 0.8], [0.7, 0.6]]], device=device)
+    ref = renderer(verts, tri, attrs, (h, w), K)
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+        amp = renderer(verts, tri, attrs, (h, w), K)
+        low = renderer(verts.bfloat16(), tri, attrs.bfloat16(), (h, w), K.bfloat16())
+    low_ref = renderer(verts.bfloat16().float(), tri, attrs.bfloat16().float(), (h, w), K.bfloat16().float())
+    for name_ in ("image", "mask", "depth"):
+        a, b = getattr(amp, name_), getattr(ref, name_)
+        assert a.dtype == torch.float32 and getattr(low, name_).dtype == torch.float32, name_
+        assert torch.equal(a, b), name_
+        assert torch.allclose(getattr(low, name_), getattr(low_ref, name_), atol=1e-6), name_

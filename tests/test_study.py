@@ -1,5 +1,5 @@
-"""joint.study: config strictness, run plan, pair metrics with norm bins, fixed-margin ablation head,
-aggregation over seeds, run claims."""
+"""joint.study: config strictness, run plan, one meaning of the input modes, pair metrics with norm bins,
+aggregation over seeds, run claims, the study_modes preset."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from lh2face.config import ConfigError
 from joint import study
@@ -28,9 +27,9 @@ def test_config_plan_and_strictness(tmp_path):
 
     doc = {"study": {"heads": ["lh2face", "cosface"], "input_modes": ["rgb", "rgb+canonical+depth"], "seeds": [0, 1, 2],
                      "ablation": [{"name": "no pps", "head_options": {"w_pps": 0.0}},
-                                  {"name": "fixed", "head": study.FIXED_MARGIN_HEAD}],
-                     "ablation_seeds": [0]},
-           "train": TRAIN}
+                                  {"name": "fixed", "head_options": {"margin": "fixed_cosine"}}],
+                     "ablation_seeds": [0], "loss_by_mode": {"rgb": {"reco": 0.0}}},
+           "train": dict(TRAIN, loss={"reco": 1.0})}
     p = tmp_path / "ok.yaml"
     p.write_text(yaml.safe_dump(doc))
     cfg = study.load_study_config(str(p))
@@ -38,10 +37,18 @@ def test_config_plan_and_strictness(tmp_path):
     assert len(runs) == 2 * 2 * 3 + 2
     assert len({r.key for r in runs}) == len(runs)
     rgb = study.run_config(cfg, runs[0])
-    assert rgb.model.input_mode == "rgb" and rgb.loss.reco == 0.0  # rgb_fr_only: the plain FR model
+    assert rgb.model.input_mode == "rgb" and rgb.loss.reco == 0.0 and not rgb.uses_recon  # loss_by_mode
     joint = next(r for r in runs if r.mode != "rgb")
-    assert study.run_config(cfg, joint).model.input_mode == "rgb+canonical+depth"
-    assert study.run_config(cfg, runs[-1]).model.head == study.FIXED_MARGIN_HEAD
+    jc = study.run_config(cfg, joint)
+    assert jc.model.input_mode == "rgb+canonical+depth" and jc.loss.reco == 1.0
+    last = study.run_config(cfg, runs[-1])
+    assert last.model.head == "lh2face" and last.model.head_options == {"margin": "fixed_cosine"}
+    # without loss_by_mode an rgb run keeps the config's lambdas: the reconstruction branch trains
+    doc_plain = dict(doc, study={k: v for k, v in doc["study"].items() if k != "loss_by_mode"})
+    p.write_text(yaml.safe_dump(doc_plain))
+    plain = study.load_study_config(str(p))
+    rgb2 = study.run_config(plain, study.plan_runs(plain)[0])
+    assert rgb2.model.input_mode == "rgb" and rgb2.loss.reco == 1.0 and rgb2.uses_recon
 
     bad = dict(doc, study=dict(doc["study"], colour="red"))
     p.write_text(yaml.safe_dump(bad))
@@ -59,6 +66,10 @@ def test_config_plan_and_strictness(tmp_path):
     p.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="depth"):
         study.load_study_config(str(p))
+    for lbm, needle in (({"depth": {"reco": 0.0}}, "depth"), ({"rgb": {"recoo": 0.0}}, "recoo")):
+        p.write_text(yaml.safe_dump(dict(doc, study=dict(doc["study"], loss_by_mode=lbm))))
+        with pytest.raises(ConfigError, match=needle):
+            study.load_study_config(str(p))
 
 
 def test_pair_metrics_norm_bins():
@@ -88,27 +99,6 @@ def test_pair_metrics_norm_bins():
     assert len(m["roc"]["far"]) == len(m["roc"]["tar"])
 
 
-def test_fixed_margin_head_uses_cosine_margin():
-    study.register_ablation_heads()
-    from recognition.heads import build_head
-
-    torch.manual_seed(0)
-    head = build_head(study.FIXED_MARGIN_HEAD, 5, embedding_size=8, scale_normalised=False,
-                      w_pps=0.0, w_pns=0.0, w_pp=0.0)
-    z = torch.randn(4, 8) * torch.tensor([[1.0], [2.0], [4.0], [8.0]])
-    y = torch.tensor([0, 1, 2, 3])
-    norms = z.norm(dim=1)
-    cos = torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(head.weight, dim=1).t()
-    stats = head.batch_statistics(norms)
-    logits = head.margin_logits(cos, norms, y, stats)
-    expected = norms[:, None] * cos
-    expected[torch.arange(4), y] = norms * (cos[torch.arange(4), y] - head.margin_const)
-    torch.testing.assert_close(logits, expected)
-    loss, logs = head(z, y)
-    assert torch.isfinite(loss)
-    assert float(logs["margin"]) == pytest.approx(head.margin_const)
-
-
 def test_aggregate_mean_std():
     def rec(seed, acc):
         bins = [{"bin": 1, "tar@far=1e-02": acc / 2}, {"bin": 2, "tar@far=1e-02": acc}]
@@ -136,3 +126,57 @@ def test_claims(tmp_path):
     assert not study.claim(d)
     study.release(d)
     assert not (d / ".claim").exists()
+
+
+def test_study_modes_preset_is_the_demo_with_four_modes():
+    """configs/study_modes.yaml: the lh2face head, seed 0, the four input modes, and per run exactly
+    configs/demo.yaml's training config (same data, budget and loss lambdas in every mode)."""
+    from pathlib import Path
+
+    from lh2face.config import to_dict
+    from joint.config import INPUT_MODES, load_train_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfg = study.load_study_config(str(root / "study_modes.yaml"))
+    runs = study.plan_runs(cfg)
+    assert [r.mode for r in runs] == list(INPUT_MODES) and {r.head for r in runs} == {"lh2face"}
+    assert {r.seed for r in runs} == {0}
+    demo = load_train_config(root / "demo.yaml")
+    for spec in runs:
+        rc = to_dict(study.run_config(cfg, spec))
+        want = to_dict(demo)
+        want["model"]["input_mode"] = spec.mode
+        for d in (rc, want):
+            d["run"].pop("out")
+            d["run"].pop("progress")
+        assert rc == want, spec.key
+        assert rc["loss"]["reco"] > 0  # the reconstruction branch trains in every mode
+
+
+def test_fixed_margin_ablation_run_evaluates_and_resumes(tmp_path, capsys):
+    """The ablation is a registered head option: its run folder resumes (head state included) and
+    `lh2face eval` evaluates it like any run."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from joint.cli import main
+    from joint.config import load_train_config
+    from joint.train import train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_train import make_faces, tiny_config
+
+    faces = make_faces(tmp_path / "faces")
+    over = ["model.head=lh2face", "model.head_options={margin: fixed_cosine}", "schedule.steps=4",
+            "schedule.checkpoint_every=2", "eval.n_folds=2", "run.plots=false"]
+    cfg_path = tiny_config(tmp_path, faces)
+    out = tmp_path / "ablation"
+    train(load_train_config(cfg_path, over), out=str(out))
+    (out / "checkpoints" / "ckpt_00000004.pt").unlink()
+    train(load_train_config(cfg_path, over), out=str(out), resume=True)
+    assert "resumed from" in (out / "train.log").read_text()
+    assert json.loads((out / "results.json").read_text())["step"] == 4
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--folder", str(faces), "--folds", "2", "--quiet"]) == 0
+    assert "faces: accuracy" in capsys.readouterr().out

@@ -19,7 +19,10 @@ from PIL import Image
 
 from joint.config import load_train_config
 from joint.data import ResumableBatchSampler, balanced_subset, make_pairs, split_identities
-from joint.train import Checkpointer, NonFiniteLossError, DataFaultError, lr_factor, train
+from joint.checkpoints import Checkpointer
+from joint.errors import DataFaultError, NonFiniteLossError
+from joint.run_state import lr_factor
+from joint.train import train
 from lh2face.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

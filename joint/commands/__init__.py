@@ -1,6 +1,7 @@
-"""Sub-commands of `lh2face`. Each is a module `joint.commands.<name>` with NAME, HELP,
-add_arguments(parser) and run(args) -> int. Add a module's name to COMMANDS to expose it; a listed
-module that cannot be imported is reported by `lh2face <name>` instead of breaking the others.
+"""Sub-commands of `lh2face` (joint.cli). Each is a module `joint.commands.<name>` with NAME, HELP,
+add_arguments(parser) and run(args) -> int, nothing else public. Add a module's name to COMMANDS to
+expose it; a listed module that is missing or cannot be imported is named on every call (a warning) and
+running it exits 2 with the reason, instead of breaking the others.
 """
 
 COMMANDS = [
@@ -12,6 +13,7 @@ COMMANDS = [
     "landmarks",
     "align",
     "study",
-    "modes",
     "report",
+    "embed",
+    "export_onnx",
 ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
+
+from ._run_regressor import add_run_argument, load_run_argument
 
 NAME = "eval"
 HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs, or IJB-B/C"
@@ -23,7 +25,7 @@ HELP = "evaluate a trained model: held-out folder, verification .bin, LFW pairs,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("protocol", nargs="?", default="verify", choices=["verify", "ijb"],
                         help="verify (default: --folder / --bin / --lfw-pairs) or ijb")
-    parser.add_argument("--model", "-m", required=True, help="run directory (newest good checkpoint) or checkpoint file")
+    add_run_argument(parser)
     parser.add_argument("--folder", help="ImageFolder of identities to verify (all pairs, capped by --max-pairs)")
     parser.add_argument("--bin", help="insightface verification .bin")
     parser.add_argument("--lfw-pairs", help="LFW pairs.txt")
@@ -37,33 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-flip", action="store_true", help="no flip-test")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="folder for result.json and roc.png")
-
-
-def _images_tensor(paths, size: int):
-    import torch
-
-    from recognition.data import ImageListDataset
-
-    ds = ImageListDataset([(p, 0) for p in paths], image_size=size, on_error="raise")
-    return torch.stack([ds[i][0] for i in range(len(ds))])
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from lh2face.io import CheckpointError, write_json_atomic
+    from lh2face.io import write_json_atomic
 
-    from joint.train import format_result, pick_device
+    from joint.evaluation import format_result
 
-    try:
-        device = pick_device(args.device)
-        from joint.runs import load_run
-
-        model, cfg, ckpt = load_run(args.model, device)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: --model: {exc}", file=sys.stderr)
+    loaded = load_run_argument(args.model, args.device)
+    if loaded is None:
         return 2
+    model, cfg, ckpt, device = loaded
     size = cfg.data.image_size
 
     def embed_fn(x: torch.Tensor) -> torch.Tensor:
@@ -86,51 +76,24 @@ def run(args: argparse.Namespace) -> int:
         print(res.get("table", ""))
         return 0
 
-    from joint.data import make_pairs
     from recognition.eval.features import extract_embeddings
     from recognition.eval.verification import evaluate_pairs
 
+    from joint.evaluation import verification_summary
+
     try:
-        if args.folder:
-            from recognition.data import ImageFolderDataset
-
-            ds = ImageFolderDataset(args.folder, image_size=size, on_error="skip")
-            keep = [i for i in range(len(ds)) if ds[i] is not None]
-            images = torch.stack([ds[i][0] for i in keep])
-            labels = [ds.targets[i] for i in keep]
-            i1, i2, same = make_pairs(labels, args.max_pairs)
-            name = Path(args.folder).name
-        elif args.bin:
-            from joint.data import _load_bin
-            from recognition.data import load_verification_bin
-
-            images, issame = _load_bin(load_verification_bin(args.bin), size)
-            n = len(issame)
-            i1, i2, same = torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2), torch.as_tensor(issame)
-            name = Path(args.bin).stem
-        elif args.lfw_pairs:
-            if not args.lfw_root:
-                print("error: --lfw-pairs needs --lfw-root", file=sys.stderr)
-                return 2
-            from recognition.data import read_lfw_pairs
-
-            pairs = read_lfw_pairs(args.lfw_pairs, args.lfw_root, ext=args.lfw_ext)
-            paths, idx1, idx2 = pairs.unique_paths()
-            images = _images_tensor(paths, size)
-            i1, i2, same = torch.as_tensor(idx1), torch.as_tensor(idx2), torch.as_tensor(pairs.issame)
-            name = "lfw"
-        else:
-            print("error: give --folder, --bin or --lfw-pairs (or the ijb protocol)", file=sys.stderr)
-            return 2
+        target = _target(args, size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if target is None:
+        return 2
+    name, images, (i1, i2, same) = target.name, target.images, target.pairs
     with torch.no_grad():
         emb = torch.as_tensor(extract_embeddings(embed_fn, images, batch_size=args.batch_size,
-                                                 flip=not args.no_flip, progress=False))
+                                                 flip=not args.no_flip, progress=not args.quiet,
+                                                 desc=f"embed {name}"))
     res = evaluate_pairs(emb[i1], emb[i2], same.numpy().astype(bool), n_folds=args.folds)
-    from joint.train import verification_summary
-
     out = verification_summary(emb, torch.as_tensor(i1), torch.as_tensor(i2), torch.as_tensor(same).bool(), res,
                                args.folds)
     out.update({"checkpoint": str(ckpt), "set": name})
@@ -141,3 +104,31 @@ def run(args: argparse.Namespace) -> int:
 
         plot_roc(Path(args.out) / "roc.png", {name: (np.asarray(res["fpr"]), np.asarray(res["tpr"]))})
     return 0
+
+
+def _target(args: argparse.Namespace, size: int) -> Any:
+    """The verification set of --folder / --bin / --lfw-pairs as a joint.evaluation.EvalTarget; None
+    (after an error line) when none or an incomplete one is given."""
+    import torch
+
+    from joint.evaluation import EvalTarget, load_bin_target, load_lfw_target
+
+    if args.folder:
+        from recognition.data import ImageFolderDataset
+
+        from joint.data import make_pairs
+
+        ds = ImageFolderDataset(args.folder, image_size=size, on_error="skip")
+        keep = [i for i in range(len(ds)) if ds[i] is not None]
+        images = torch.stack([ds[i][0] for i in keep])
+        pairs = make_pairs([ds.targets[i] for i in keep], args.max_pairs)
+        return EvalTarget(Path(args.folder).name, images, pairs)
+    if args.bin:
+        return load_bin_target(args.bin, size)
+    if args.lfw_pairs:
+        if not args.lfw_root:
+            print("error: --lfw-pairs needs --lfw-root", file=sys.stderr)
+            return None
+        return load_lfw_target(args.lfw_pairs, args.lfw_root, size, ext=args.lfw_ext)
+    print("error: give --folder, --bin or --lfw-pairs (or the ijb protocol)", file=sys.stderr)
+    return None

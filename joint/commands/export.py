@@ -16,20 +16,15 @@ import sys
 import time
 
 from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
-from ._run_regressor import add_model_arguments, check_model_arguments
+from ._run_regressor import add_model_arguments, add_source_arguments, check_source_arguments, photo_options
 
 NAME = "export"
 HELP = "export canonical render, 16-bit depth, OBJ/PLY mesh and coefficients per face"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("photos", nargs="*", help="photos (files and/or folders) to reconstruct and export")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--coeffs", help="coefficient file (.json from export, .npy/.npz (N,P), .pt)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="export N random synthetic identities")
-    parser.add_argument("--out", required=True, help="output folder (one sub-folder per face)")
-    parser.add_argument("--seed", type=int, default=0, help="--synthetic: seed of the identities (default 0)")
-    parser.add_argument("--identity-offset", type=int, default=0, help="--synthetic: first identity")
+    add_source_arguments(parser, "export", synthetic_help="export N random synthetic identities",
+                         seed_help="seed of the identities", out_help="output folder (one sub-folder per face)")
     parser.add_argument("--neutral-mesh", action="store_true",
                         help="export the neutral (identity-only) mesh instead of identity + expression")
     parser.add_argument("--detector", default="dlib", choices=["dlib", "face_alignment"],
@@ -51,24 +46,15 @@ def run(args: argparse.Namespace) -> int:
         synthetic_identities
     from recon.morphable import MorphableModel
 
-    given = [bool(args.photos), args.coeffs is not None, args.synthetic is not None]
-    if sum(given) != 1:
-        print("error: give exactly one source: PHOTOS..., --coeffs FILE or --synthetic N", file=sys.stderr)
-        return 2
-    bad = check_model_arguments(args)
+    bad = check_source_arguments(args)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
         if args.photos:
-            opts = {} if args.fit_steps is None else {"fit_steps": args.fit_steps}
-            if args.model:
-                from ._run_regressor import regressor_from_run
-
-                opts = {"regressor": regressor_from_run(args.model), "refine_steps": args.refine}
             report = export_photos(args.photos, args.out, overwrite=args.overwrite, detector=args.detector,
-                                   backend=args.backend, progress=not args.quiet, **opts)
+                                   backend=args.backend, progress=not args.quiet, **photo_options(args))
             n_ok, n_bad = len(report["processed"]), len(report["skipped"])
             dt = time.perf_counter() - t0
             print(f"exported {n_ok} face(s), skipped {n_bad} (see {args.out}/report.json) in {dt:.1f} s; "

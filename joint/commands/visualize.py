@@ -18,20 +18,15 @@ import time
 from pathlib import Path
 
 from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
-from ._run_regressor import add_model_arguments, check_model_arguments
+from ._run_regressor import add_model_arguments, add_source_arguments, check_source_arguments, photo_options
 
 NAME = "visualize"
 HELP = "grid PNG (render | overlay | canonical | depth | normals) and turntable GIF per face"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("photos", nargs="*", help="photos (files and/or folders) to reconstruct and draw")
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--coeffs", help="coefficient file (.json from export, .npy/.npz (N,P), .pt)")
-    src.add_argument("--synthetic", type=int, metavar="N", help="draw N synthetic faces (one image each)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="--synthetic: data set seed (default 0)")
-    parser.add_argument("--identity-offset", type=int, default=0, help="--synthetic: first identity")
+    add_source_arguments(parser, "draw", synthetic_help="draw N synthetic faces (one image each)",
+                         seed_help="data set seed", out_help="output folder")
     parser.add_argument("--zoom", type=int, default=2, help="panels are 112 x zoom pixels (default 2)")
     parser.add_argument("--frames", type=int, default=24, help="turntable frames (default 24)")
     parser.add_argument("--gif-size", type=int, default=None, help="turntable frame size in pixels (default 112 x zoom)")
@@ -58,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from recon.render import build_renderer
     from recon.visualize import visualize_faces
 
-    given = [bool(args.photos), args.coeffs is not None, args.synthetic is not None]
-    if sum(given) != 1:
-        print("error: give exactly one source: PHOTOS..., --coeffs FILE or --synthetic N", file=sys.stderr)
-        return 2
-    bad = check_model_arguments(args)
+    bad = check_source_arguments(args)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
         return 2
@@ -88,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
             coeffs, names = load_coeffs(args.coeffs, size=CoeffLayout.from_model(model).size)
         else:
-            from recon.photos import list_images, reconstruct_photos
+            from recon.photos import list_images, new_photo_report, reconstruct_photos, record_result
 
             if (Path(args.out) / "report.json").exists() and not args.overwrite:
                 print(f"error: {args.out}/report.json exists; pass --overwrite or choose another --out",
@@ -100,22 +91,14 @@ def run(args: argparse.Namespace) -> int:
                 return 1
             from tqdm import tqdm
 
-            opts = {} if args.fit_steps is None else {"fit_steps": args.fit_steps}
-            if args.model:
-                from ._run_regressor import regressor_from_run
-
-                opts = {"regressor": regressor_from_run(args.model), "refine_steps": args.refine}
             rows, inputs, landmarks, names = [], [], [], []
-            report = {"processed": [], "skipped": [], "seconds": {}}
-            results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **opts)
+            report = new_photo_report()
+            results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer,
+                                         **photo_options(args))
             for res in tqdm(results, total=len(files), unit="photo", desc="reconstruct", dynamic_ncols=True,
                             disable=args.quiet):
-                for k, v in (getattr(res, "seconds", None) or {}).items():
-                    report["seconds"][k] = report["seconds"].get(k, 0.0) + float(v)
-                reason = str(res.reason) if not res.ok else (
-                    "no coefficients (fitting was off)" if res.coeffs is None else "")
+                reason = record_result(report, res)
                 if reason:
-                    report["skipped"].append({"path": str(res.path), "reason": reason})
                     tqdm.write(f"  skipped {res.path}: {reason}", file=sys.stderr)
                     continue
                 rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))

@@ -13,6 +13,10 @@ kappa_i = |z_i|, x_i = z_i / kappa_i, mu_k = W_k / |W_k|, cos_ik = x_i . mu_k, S
     L_pns : mean over proxies p in the batch of log(1 + sum_{i: y_i != p} exp(alpha (cos(x_i, mu_p) + delta)))
     L_pp  : mean over ordered pairs of distinct proxies p != q in the batch of relu(cos(mu_p, mu_q)).
 
+margin="fixed_cosine" (an ablation of UAM): every sample gets the cosine margin margin_const, i.e. the
+target logit kappa_i (cos_iy - margin_const) instead of kappa_i cos_iy - margin_const S (UAM's effective
+cosine margin margin_const S / kappa_i); everything else unchanged.
+
 L_FR = w_vmf L_vMF + w_pps L_pps + w_pns L_pns + w_pp L_pp. The defaults scale_normalised=True and
 pps_detach_direction=True come from measured toy runs (TOY_DEFAULTS_NOTE); the literal reading is
 `scale_normalised=False, pps_detach_direction=False`.
@@ -28,7 +32,9 @@ import torch.distributed as dist
 from ..vmf import log_normalizer, log_normalizer_at_zero
 from .base import Logs, MarginHead, ShardContext, check_positive, label_counts, replace_target, target_values
 
-__all__ = ["lh2face_logits", "LH2FaceHead", "TOY_DEFAULTS_NOTE"]
+__all__ = ["lh2face_logits", "LH2FaceHead", "MARGINS", "TOY_DEFAULTS_NOTE"]
+
+MARGINS = ("uam", "fixed_cosine")  # option `margin`: Uncertainty-Aware Margin, or the fixed cosine margin ablation
 
 
 def _average_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +80,8 @@ def lh2face_logits(
 class LH2FaceHead(MarginHead):
     """LH2Face head; every reading of the loss is an option (see the module docstring).
 
-    Options: n=256 (vMF dimension), margin_const=0.35, margin_stat="batch"|"ema", ema_momentum=0.01,
+    Options: n=256 (vMF dimension), margin="uam"|"fixed_cosine" (the ablation without the
+    Uncertainty-Aware Margin), margin_const=0.35, margin_stat="batch"|"ema", ema_momentum=0.01,
     detach_kappa=False (kappa inside L_vMF), scale_normalised=True, s=64, include_log_normalizer=False,
     w_vmf=1, w_pps=1, w_pns=1, w_pp=1, pps_detach_direction=True, pns_alpha=32, pns_delta=0.1,
     sync_batch_stats=True (a plain head under torch.distributed data parallelism averages the batch-mean
@@ -89,6 +96,7 @@ class LH2FaceHead(MarginHead):
         embedding_size: int = 512,
         n: int = 256,
         margin_const: float = 0.35,
+        margin: str = "uam",
         margin_stat: str = "batch",
         ema_momentum: float = 0.01,
         detach_kappa: bool = False,
@@ -108,6 +116,8 @@ class LH2FaceHead(MarginHead):
         super().__init__(num_classes, embedding_size, weight_init_std)
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"head 'lh2face': option n (vMF dimension) must be an int >= 2, got {n!r}")
+        if margin not in MARGINS:
+            raise ValueError(f"head 'lh2face': option margin must be one of {', '.join(MARGINS)}, got {margin!r}")
         if margin_stat not in ("batch", "ema"):
             raise ValueError(f"head 'lh2face': option margin_stat must be 'batch' or 'ema', got {margin_stat!r}")
         if not 0.0 < ema_momentum <= 1.0:
@@ -118,6 +128,7 @@ class LH2FaceHead(MarginHead):
                 raise ValueError(f"head 'lh2face': option {k} must be >= 0, got {v}")
         self.n = n
         self.margin_const = float(margin_const)
+        self.margin = margin
         self.margin_stat = margin_stat
         self.ema_momentum = float(ema_momentum)
         self.detach_kappa = bool(detach_kappa)
@@ -155,7 +166,12 @@ class LH2FaceHead(MarginHead):
         kappa = norms.detach() if self.detach_kappa else norms
         log_c = log_normalizer(kappa, self.n) if self.include_log_normalizer else None
         scale = self.s / stats["norm_stat"] if self.scale_normalised else torch.ones_like(stats["norm_stat"])
-        return lh2face_logits(cos, kappa, target_col, stats["margin"], scale, log_c)
+        return lh2face_logits(cos, kappa, target_col, self._logit_margin(kappa, stats), scale, log_c)
+
+    def _logit_margin(self, kappa: torch.Tensor, stats: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The margin subtracted from the target logit: UAM's margin_const * S (0-d), or margin_const *
+        kappa_i (B,) for a fixed cosine margin."""
+        return self.margin_const * kappa if self.margin == "fixed_cosine" else stats["margin"]
 
     # --- proxy terms -----------------------------------------------------------------------------
     def extra_losses(self, cos, norms, target_col, labels, proxies, stats, ctx: ShardContext):
@@ -197,9 +213,9 @@ class LH2FaceHead(MarginHead):
         return "l_vmf" if name == "l_ce" else name
 
     def margin_logs(self, norms, stats) -> Logs:
-        m = stats["margin"]
+        m = self._logit_margin(norms.detach(), stats)
         return {
             "margin": (m / norms.clamp_min(1e-12)).mean(),  # mean effective cosine margin m / |z_i|
-            "margin_logit": m * self.s / stats["norm_stat"] if self.scale_normalised else m,
+            "margin_logit": (m * self.s / stats["norm_stat"] if self.scale_normalised else m).mean(),
             "norm_stat": stats["norm_stat"],
         }

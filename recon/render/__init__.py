@@ -14,6 +14,14 @@ perspective-correct barycentrics from the projected vertices in differentiable c
 soft outer rim to ``mask`` (gradient at silhouettes). ``out.face`` (B,H,W) is the visible triangle
 id, -1 on background; ``out.face >= 0`` is the hard coverage even when the mask is soft.
 
+Precision: a render runs in full precision whatever the autocast state (autocast is off inside
+``Renderer.__call__``; float16 / bfloat16 inputs are computed and returned in float32, float64 stays
+float64), in every backend. ``soft_edges`` means the same in every backend: the rim value of an
+uncovered pixel comes from its distance to the nearest projected triangle (``Renderer.soft_mask``).
+
+Per-vertex work before rasterising (vertex normals, SH shading x albedo) has numba kernels too:
+:mod:`recon.render.vertex` (``vertex_normals``, ``shaded_colours``), used by :mod:`recon.face`.
+
 CPU performance: the numba kernels (compiled on first use, cached on disk) run on a thread pool of
 ``torch.get_num_threads()`` workers. On a machine shared by many processes, PyTorch's OpenMP
 threads spin-wait and slow everything down (its own ops first); ``OMP_WAIT_POLICY=PASSIVE`` or

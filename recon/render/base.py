@@ -20,6 +20,8 @@ Conventions (DESIGN.md section 5):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
@@ -75,10 +77,15 @@ class Renderer:
         image_size: ImageSize,
         K: Tensor,
     ) -> RenderOutput:
-        vertices, triangles, attributes, (h, w), K = check_inputs(
-            vertices, triangles, attributes, image_size, K
-        )
-        return self.render(vertices, triangles, attributes, (h, w), K)
+        """Render in full precision whatever the autocast state: autocast is off inside, and half-precision
+        inputs (float16 / bfloat16, as autocast produces upstream) are computed and returned in float32;
+        float64 stays float64. Gradients flow back to the inputs in their own dtype."""
+        with no_autocast(vertices.device):
+            vertices, attributes, K = (full_precision(x) for x in (vertices, attributes, K))
+            vertices, triangles, attributes, (h, w), K = check_inputs(
+                vertices, triangles, attributes, image_size, K
+            )
+            return self.render(vertices, triangles, attributes, (h, w), K)
 
     def render(
         self,
@@ -89,6 +96,49 @@ class Renderer:
         K: Tensor,
     ) -> RenderOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def soft_mask(self, screen: Tensor, triangles: Tensor, face: Tensor, impl: str = "auto") -> Tensor:
+        """The soft coverage every backend uses with ``soft_edges``: (B,1,H,W), 1 on covered pixels
+        (``face >= 0``), :func:`recon.render.interpolate.rim_profile` of the distance to the *nearest
+        projected triangle* (within ``soft_radius * soft_edges`` px, whatever its depth) elsewhere.
+        screen (B,V,3) from :func:`project_vertices` (differentiable), face (B,H,W) the hard face map."""
+        from .interpolate import soft_silhouette
+        from .rasterize import nearest_triangle
+
+        radius = self.soft_radius * self.soft_edges
+        near = nearest_triangle(screen, triangles, face, radius, self.cull_backfaces, self.znear, impl)
+        return soft_silhouette(screen, triangles, face, near.to(screen.device), self.soft_edges, radius)
+
+
+def full_precision(x: Optional[Tensor]) -> Optional[Tensor]:
+    """A floating tensor below float32 (float16, bfloat16) -> float32; anything else unchanged."""
+    if torch.is_tensor(x) and x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
+        return x.float()
+    return x
+
+
+def no_autocast(device: torch.device):
+    """Context with autocast disabled on `device`'s type (a no-op context where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def full_precision_call(fn):
+    """Decorator: call fn with autocast off (on the device of its first tensor argument) and every
+    half-precision tensor argument cast to float32 (see :func:`full_precision`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = next((a for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), None)
+        if first is None:
+            return fn(*args, **kwargs)
+        with no_autocast(first.device):
+            args = tuple(full_precision(a) for a in args)
+            kwargs = {k: full_precision(v) for k, v in kwargs.items()}
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def parse_image_size(image_size: ImageSize) -> Tuple[int, int]:

@@ -17,8 +17,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import RenderOutput, Renderer
-from .interpolate import rim_profile
+from .base import RenderOutput, Renderer, project_vertices
 
 _MISSING = (
     "the 'pytorch3d' renderer backend needs PyTorch3D, which is not importable here ({err}). "
@@ -52,11 +51,14 @@ class PyTorch3DRenderer(Renderer):
     """Renderer on top of PyTorch3D's MeshRasterizer.
 
     Options: ``soft_edges`` (None or sigma px: uncovered pixels within ``soft_radius * sigma`` px of
-    the silhouette get :func:`recon.render.interpolate.rim_profile` of their distance d, taken from
-    PyTorch3D's blurred rasterisation distances, the same profile as the torch backend),
-    ``soft_radius`` (default 4), ``cull_backfaces`` (PyTorch3D's rule: faces counter-clockwise as seen
-    from the camera are front faces, the same as ours), ``faces_per_pixel_soft`` (default 4),
+    the silhouette get :func:`recon.render.interpolate.rim_profile` of their distance to the nearest
+    projected triangle, computed by :meth:`Renderer.soft_mask` from PyTorch3D's hard face map: the same
+    definition and code as the torch backend; PyTorch3D's own blurred rasterisation is not used because
+    it keeps the faces nearest in z, not nearest to the pixel), ``soft_radius`` (default 4),
+    ``cull_backfaces`` (PyTorch3D's rule: faces counter-clockwise as seen from the camera are front
+    faces, the same as ours), ``faces_per_pixel_soft`` (ignored, kept so that old configs still build),
     ``bin_size`` / ``max_faces_per_bin`` (PyTorch3D's coarse-to-fine settings; None = its heuristic).
+    Renders in float32 under autocast (Renderer.__call__ turns autocast off and casts half inputs).
     """
 
     name = "pytorch3d"
@@ -132,18 +134,13 @@ class PyTorch3DRenderer(Renderer):
         image = interp[..., :-1].permute(0, 3, 1, 2).to(dtype)
         depth = interp[..., -1:].permute(0, 3, 1, 2).to(dtype)
         mask = covered.to(dtype).unsqueeze(1)
-        if self.soft_edges is not None:
-            s = float(min(h, w))
-            px_to_ndc = 2.0 / s
-            radius_ndc = self.soft_radius * self.soft_edges * px_to_ndc
-            soft = self._rasterize(meshes, cameras, (h, w), radius_ndc**2, self.faces_per_pixel_soft)
-            d2 = soft.dists  # signed squared NDC distance, > 0 outside the face
-            valid = (soft.pix_to_face >= 0) & (d2 > 0)
-            big = torch.full_like(d2, float("inf"))
-            d2min = torch.where(valid, d2, big).amin(-1)  # (B,H,W)
-            near = torch.isfinite(d2min) & ~covered
-            d_px = d2min.clamp_min(1e-12).sqrt() / px_to_ndc
-            soft_val = rim_profile(d_px, self.soft_edges, self.soft_radius * self.soft_edges)
-            mask = torch.where(near, soft_val, covered.to(soft_val.dtype)).to(dtype).unsqueeze(1)
         face = torch.where(covered, p2f[..., 0] - torch.arange(b, device=dev).view(b, 1, 1) * nf, -torch.ones_like(p2f[..., 0]))
+        if self.soft_edges is not None:
+            # Not PyTorch3D's blurred rasterisation: with blur_radius > 0 it keeps, per pixel, the
+            # faces_per_pixel faces nearest *in z* among those within the radius (rasterize_meshes'
+            # top-K by z), so on a dense mesh the face nearest to the pixel is often not among them and
+            # the rim would differ from the torch backend's. The rim is computed from this backend's own
+            # hard face map by the shared definition (Renderer.soft_mask: nearest projected triangle).
+            screen = project_vertices(vertices, K)
+            mask = self.soft_mask(screen, triangles, face).to(dtype)
         return RenderOutput(image=image, mask=mask, depth=depth, face=face)

@@ -12,9 +12,10 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .base import RenderOutput, Renderer, project_vertices
-from .interpolate import interpolate, soft_silhouette
-from .rasterize import nearest_triangle, rasterize, resolve_impl
+from .base import RenderOutput, Renderer
+from .interpolate import interpolate
+from .rasterize import rasterize, resolve_impl
+from .vertex import project
 
 
 class TorchRenderer(Renderer):
@@ -56,18 +57,14 @@ class TorchRenderer(Renderer):
         K: Tensor,
     ) -> RenderOutput:
         impl = resolve_impl(self.impl, vertices.device)
-        screen = project_vertices(vertices, K)  # (B,V,3) differentiable
+        screen = project(vertices, K, impl)  # (B,V,3) differentiable; = project_vertices
         face, _ = rasterize(screen, triangles, image_size, self.cull_backfaces, self.znear, impl)
         face = face.to(vertices.device)
         image, depth = interpolate(screen, attributes, triangles, face, impl)
         if self.soft_edges is None:
             mask = (face >= 0).to(vertices.dtype).unsqueeze(1)
         else:
-            radius = self.soft_radius * self.soft_edges
-            near = nearest_triangle(
-                screen, triangles, face, radius, self.cull_backfaces, self.znear, impl
-            ).to(vertices.device)
-            mask = soft_silhouette(screen, triangles, face, near, self.soft_edges, radius)
+            mask = self.soft_mask(screen, triangles, face, impl)
         return RenderOutput(image=image, mask=mask, depth=depth, face=face)
 
     def __repr__(self) -> str:
