@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-photos", type=int, default=d.fit_photos,
                         help="held-out lfw-dev crops also fitted per photo, for the NME comparison (0 = none)")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default="auto", help="where to train: cuda, cpu or auto (cuda when available)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="stop training cleanly after this many seconds (fewer steps; the asset is still written "
+                             "and its metrics say how many steps ran)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/regressor.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_argument(parser)
@@ -65,6 +69,20 @@ def run(args: argparse.Namespace) -> int:
     from recon.pretrain import PretrainConfig, pretrain_regressor, write_asset
     from recon.regressor import default_regressor_path
 
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        print(f"error: --device {args.device}: use cuda, cpu or auto", file=sys.stderr)
+        return 2
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device here; use --device cpu", file=sys.stderr)
+        return 2
+    if args.time_budget is not None and args.time_budget <= 0:
+        print(f"error: --time-budget {args.time_budget}: must be > 0 seconds", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else default_regressor_path().parent
     if (out / "regressor.pt").exists() and not args.overwrite:
         print(f"error: {out / 'regressor.pt'} exists; pass --overwrite to replace it", file=sys.stderr)
@@ -72,14 +90,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(size=args.size, width=args.width, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          synth_identities=args.synth_identities, synth_images=args.synth_images,
                          eval_identities=args.eval_identities, lfw_train_people=args.lfw_train_people,
-                         fit_photos=args.fit_photos, seed=args.seed)
+                         fit_photos=args.fit_photos, seed=args.seed, time_budget=args.time_budget)
     command = (f"nice lh2face regressor --threads {args.threads or 'N'} --size {cfg.size} --width {cfg.width} "
                f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --synth-identities "
                f"{cfg.synth_identities} --synth-images {cfg.synth_images} --eval-identities {cfg.eval_identities} "
-               f"--lfw-train-people {cfg.lfw_train_people} --fit-photos {cfg.fit_photos} --seed {cfg.seed}")
+               f"--lfw-train-people {cfg.lfw_train_people} --fit-photos {cfg.fit_photos} --seed {cfg.seed} "
+               f"--device {device}" + (f" --time-budget {cfg.time_budget:g}" if cfg.time_budget else ""))
     try:
         reg, metrics = pretrain_regressor(args.att or _default_data("att_faces"), args.lfw or _default_data("lfw-dev"),
-                                          args.work, cfg, progress=not args.quiet)
+                                          args.work, cfg, progress=not args.quiet, device=device)
         write_asset(reg, metrics, out, command)
     except USER_ERRORS as exc:
         return user_error(exc)
@@ -88,4 +107,14 @@ def run(args: argparse.Namespace) -> int:
           f"face {metrics['nme_mean_frontal_face']:.4f}"
           + (f", per-photo fit {metrics['nme_fit']:.4f} on {metrics['fit_photos']}" if "nme_fit" in metrics else "")
           + f") on {metrics['heldout_real_crops']} held-out lfw-dev crops; wrote {out / 'regressor.pt'}")
+    print(summary_line(metrics))
     return 0
+
+
+def summary_line(m: dict) -> str:
+    """One line: steps done, seconds, held-out vertex error (regressor vs mean face), NME (metrics.json keys)."""
+    budget = " (stopped by --time-budget)" if m.get("stopped_by_time_budget") else ""
+    return (f"regressor summary: {m['steps_done']}/{m['config']['steps']} steps{budget} in {m['steps_seconds']:.1f} s "
+            f"on {m['device']} (+{m['data_seconds']:.1f} s data); vertex error {m['vertex_error_mm']:.3f} mm vs mean "
+            f"face {m['vertex_error_mm_mean_face']:.3f} mm; NME {m['nme']:.4f} vs mean face "
+            f"{m['nme_mean_frontal_face']:.4f}")
