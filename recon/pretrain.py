@@ -97,10 +97,20 @@ def real_crops(root: PathLike, work: PathLike, name: str, size: int, progress: b
     return images, lms, paths, people
 
 
+def _render_chunk(dataset: SyntheticFaces, start: int, stop: int) -> Dict[str, np.ndarray]:
+    """Rows start..stop-1 of a SyntheticFaces set as the arrays of `synthetic_arrays`."""
+    b = dataset.render_batch(range(start, stop))
+    return {"image": (b["image"].permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8),
+            "coeffs": b["coeffs"].numpy().astype(np.float32), "landmarks": b["landmarks"].numpy().astype(np.float32),
+            "identity": b["identity"].numpy()}
+
+
 def synthetic_arrays(dataset: SyntheticFaces, cache_path: Optional[PathLike] = None, chunk: int = 32,
-                     progress: bool = True) -> Dict[str, np.ndarray]:
+                     progress: bool = True, workers: int = 0) -> Dict[str, np.ndarray]:
     """Render a whole SyntheticFaces set to arrays: image uint8 (N,S,S,3), coeffs float32 (N,P), landmarks
-    float32 (N,68,2), identity int (N,). Cached in `cache_path` (.npz) keyed by dataset.config()."""
+    float32 (N,68,2), identity int (N,). Cached in `cache_path` (.npz) keyed by dataset.config().
+    workers > 1: chunks rendered by that many spawned processes (same arrays: each row depends only on its
+    index)."""
     import json
 
     from tqdm import tqdm
@@ -110,15 +120,27 @@ def synthetic_arrays(dataset: SyntheticFaces, cache_path: Optional[PathLike] = N
         with np.load(cache_path, allow_pickle=False) as z:
             if str(z["config"]) == key:
                 return {k: z[k] for k in ("image", "coeffs", "landmarks", "identity")}
-    out: Dict[str, List[np.ndarray]] = {"image": [], "coeffs": [], "landmarks": [], "identity": []}
-    starts = range(0, len(dataset), chunk)
-    for s in tqdm(starts, desc=f"rendering {len(dataset)} synthetic faces", unit="chunk", disable=not progress):
-        b = dataset.render_batch(range(s, min(s + chunk, len(dataset))))
-        out["image"].append((b["image"].permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
-        out["coeffs"].append(b["coeffs"].numpy().astype(np.float32))
-        out["landmarks"].append(b["landmarks"].numpy().astype(np.float32))
-        out["identity"].append(b["identity"].numpy())
-    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    starts = list(range(0, len(dataset), chunk))
+    desc = f"rendering {len(dataset)} synthetic faces" + (f" ({workers} processes)" if workers > 1 else "")
+    bar = tqdm(total=len(starts), desc=desc, unit="chunk", disable=not progress)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(_render_chunk, dataset, s, min(s + chunk, len(dataset))) for s in starts]
+            parts = []
+            for f in futures:
+                parts.append(f.result())
+                bar.update()
+    else:
+        parts = []
+        for s in starts:
+            parts.append(_render_chunk(dataset, s, min(s + chunk, len(dataset))))
+            bar.update()
+    bar.close()
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "coeffs", "landmarks", "identity")}
     if cache_path is not None:
         buf = io.BytesIO()
         np.savez(buf, config=np.array(key), **arrays)
@@ -238,6 +260,7 @@ class PretrainConfig:
     synthetic_fraction: float = 0.5
     synth_identities: int = 1000
     synth_images: int = 5
+    synth_workers: int = 0  # processes rendering the synthetic sets (0/1 = this process)
     synth_seed: int = 1  # the demo / study configs draw seed 0: none of their identities is trained on
     pose: Tuple[float, float, float] = (40.0, 20.0, 12.0)  # training (yaw, pitch, roll) range, degrees
     eval_identities: int = 50
@@ -283,8 +306,9 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
                                options=synth_options(cfg.pose))
     eval_set = SyntheticFaces(cfg.eval_identities, cfg.eval_images, seed=cfg.eval_seed, image_size=cfg.size,
                               options=synth_options(cfg.eval_pose))
-    syn = synthetic_arrays(train_set, work / f"synth_train_{cfg.size}.npz", progress=progress)
-    ev = synthetic_arrays(eval_set, work / f"synth_eval_{cfg.size}.npz", progress=progress)
+    syn = synthetic_arrays(train_set, work / f"synth_train_{cfg.size}.npz", progress=progress,
+                           workers=cfg.synth_workers)
+    ev = synthetic_arrays(eval_set, work / f"synth_eval_{cfg.size}.npz", progress=progress, workers=cfg.synth_workers)
     t_data = time.perf_counter() - t0
 
     model = MorphableModel()

@@ -199,3 +199,15 @@ def test_train_regressor_time_budget_stops_a_huge_run():
                                 callback=lambda s, r: None)
     assert 1 <= len(hist) < 10 ** 6 and all(np.isfinite(h["total"]) for h in hist)
     assert [h["step"] for h in hist] == list(range(len(hist)))
+
+
+def test_synthetic_arrays_with_worker_processes_equal_one_process():
+    from recon.pretrain import synth_options, synthetic_arrays
+    from recon.synth import SyntheticFaces
+
+    ds = SyntheticFaces(3, 2, seed=5, image_size=24, options=synth_options((30, 15, 10)))
+    one = synthetic_arrays(ds, None, chunk=2, progress=False)
+    two = synthetic_arrays(ds, None, chunk=2, progress=False, workers=2)
+    assert one["image"].shape == (6, 24, 24, 3) and one["image"].std() > 0
+    for k in one:
+        np.testing.assert_array_equal(one[k], two[k])

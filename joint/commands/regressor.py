@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (cosine decay to 5 %%)")
     parser.add_argument("--synth-identities", type=int, default=d.synth_identities)
     parser.add_argument("--synth-images", type=int, default=d.synth_images, help="images per synthetic identity")
+    parser.add_argument("--synth-workers", type=int, default=0,
+                        help="processes rendering the synthetic faces (CPU, numba; 0 = this process)")
     parser.add_argument("--eval-identities", type=int, default=d.eval_identities,
                         help="held-out synthetic identities (another seed) for the vertex error")
     parser.add_argument("--fit-photos", type=int, default=d.fit_photos,
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(size=args.size, width=args.width, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          synth_identities=args.synth_identities, synth_images=args.synth_images,
                          eval_identities=args.eval_identities, lfw_train_people=args.lfw_train_people,
-                         fit_photos=args.fit_photos, seed=args.seed, time_budget=args.time_budget)
+                         fit_photos=args.fit_photos, seed=args.seed, time_budget=args.time_budget,
+                         synth_workers=max(0, args.synth_workers))
     command = (f"nice lh2face regressor --threads {args.threads or 'N'} --size {cfg.size} --width {cfg.width} "
                f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --synth-identities "
                f"{cfg.synth_identities} --synth-images {cfg.synth_images} --eval-identities {cfg.eval_identities} "
