@@ -179,7 +179,8 @@ def hidden_features(regressor: torch.nn.Module, images: np.ndarray, batch_size: 
     from .fitting import _as_image_batch
 
     regressor.eval()
-    out = [regressor.hidden(regressor.trunk(_as_image_batch(images[s:s + batch_size]) * 2.0 - 1.0)).double()
+    dev = next(regressor.parameters()).device  # runs where the regressor is; the result is on the CPU
+    out = [regressor.hidden(regressor.trunk(_as_image_batch(images[s:s + batch_size]).to(dev) * 2.0 - 1.0)).double().cpu()
            for s in range(0, len(images), batch_size)]
     return torch.cat(out)
 
@@ -218,7 +219,7 @@ def refit_identity_readout(regressor: torch.nn.Module, synthetic: Dict[str, np.n
 
     head = regressor.head
     s = layout.slices["id"]
-    current = torch.cat([head.weight[s].T.double(), head.bias[s][None].double()], 0)
+    current = torch.cat([head.weight[s].T.double(), head.bias[s][None].double()], 0).cpu()
     before = err(current, va)
     scores = {lam: err(solve(tr, lam), va) for lam in ridges}
     best = min(scores, key=scores.get)
@@ -226,8 +227,8 @@ def refit_identity_readout(regressor: torch.nn.Module, synthetic: Dict[str, np.n
            "readout_ridge": float(best), "readout_applied": float(scores[best] < before)}
     if scores[best] < before:
         Wb = solve(np.ones(len(ident), bool), best).float()  # refit on every identity
-        head.weight[s] = Wb[:-1].T
-        head.bias[s] = Wb[-1]
+        head.weight[s] = Wb[:-1].T.to(head.weight)
+        head.bias[s] = Wb[-1].to(head.bias)
     return out
 
 
@@ -325,8 +326,9 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     t_steps = time.perf_counter() - t1
-    reg, model = reg.cpu(), model.cpu()
-    readout = refit_identity_readout(reg, syn, model) if cfg.identity_readout else {}
+    model = model.cpu()
+    readout = refit_identity_readout(reg, syn, model) if cfg.identity_readout else {}  # features on the device
+    reg = reg.cpu()
     t_train = time.perf_counter() - t1
     m: Dict[str, Any] = {**readout,
         "vertex_error_mm": float(identity_vertex_error(reg, ev["image"], ev["coeffs"], model).mean()),
