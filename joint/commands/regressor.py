@@ -5,7 +5,15 @@ crops with 68 dlib landmarks (AT&T and the first --lfw-train-people people of lf
 held-out synthetic identities (vertex error, mm) and the held-out lfw-dev people (landmark NME beside the
 mean face and the per-photo fit), and writes OUT/regressor.pt (float16, atomic), OUT/metrics.json and
 OUT/README.md. Landmark caches and rendered synthetic sets are kept under --work, so a rerun only trains.
-Seeded: the same command gives the same file. Exit code 0 on success, 2 for bad input.
+Seeded: the same command gives the same file (on one device). Exit code 0 on success, 2 for bad input.
+
+Training runs on --device (auto = cuda when available); the synthetic faces are rendered on the CPU (numba),
+by --synth-workers processes. The aligned real crops are cached as WORK/crops_{att,lfw-dev}_{size}.npz, so a
+machine without dlib or the images (a GPU machine) needs only that folder. --time-budget SECONDS ends the
+training loop cleanly (the cosine decay then follows the budget) and the asset records steps_done.
+GPU recipe (one H200, about 3 minutes; make WORK's crops here first with the same --size):
+  lh2face regressor --device cuda --size 48 --width 32 --steps 40000 --batch-size 128 --lr 1e-3
+    --synth-identities 2000 --synth-images 4 --synth-workers 12 --fit-photos 0 --time-budget 150 --overwrite
 """
 
 from __future__ import annotations
