@@ -98,6 +98,7 @@ class OptimConfig:
     name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     head_lr_mult: float = 1.0
+    regressor_lr_mult: float = 1.0  # lr x this for trunk.regressor.* (the pretrained reconstruction regressor)
     weight_decay: float = 5e-4
     momentum: float = 0.9
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])

@@ -101,15 +101,18 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on 1-d parameters (BN, biases, PReLU); head lr x head_lr_mult."""
+    """AdamW or SGD; no weight decay on 1-d parameters (BN, biases, PReLU); head lr x head_lr_mult, the
+    reconstruction regressor's (trunk.regressor.*) lr x regressor_lr_mult. Groups: (kind, decay) sorted,
+    kind 0 = rest, 1 = head, 2 = regressor."""
     o = cfg.optim
-    groups: Dict[Tuple[bool, bool], List[torch.nn.Parameter]] = {}
+    mult = {0: 1.0, 1: o.head_lr_mult, 2: o.regressor_lr_mult}
+    groups: Dict[Tuple[int, bool], List[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            groups.setdefault((name.startswith("head."), p.dim() > 1), []).append(p)
-    param_groups = [{"params": params, "lr": o.lr * (o.head_lr_mult if is_head else 1.0),
-                     "weight_decay": o.weight_decay if decay else 0.0}
-                    for (is_head, decay), params in sorted(groups.items())]
+            kind = 1 if name.startswith("head.") else 2 if name.startswith("trunk.regressor.") else 0
+            groups.setdefault((kind, p.dim() > 1), []).append(p)
+    param_groups = [{"params": params, "lr": o.lr * mult[kind], "weight_decay": o.weight_decay if decay else 0.0}
+                    for (kind, decay), params in sorted(groups.items())]
     if o.name == "adamw":
         return torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     return torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)

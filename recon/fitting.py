@@ -434,16 +434,6 @@ REGRESSOR_WEIGHTS = L.ReconLossWeights(photometric=0.0, landmark=50.0, prior_id=
                                        gt_shape=20.0)  # gt_shape on cm^2: ~0.36 cm^2 for the mean face
 
 
-def _synthetic_batch(synthetic: Dict[str, Any], idx: Sequence[int]) -> Tuple[Tensor, Tensor, Tensor]:
-    """(images (B,3,S,S) [0,1], coeffs (B,P), landmarks (B,68,2)) rows `idx` of a dict of arrays image (uint8
-    (N,S,S,3) or float (N,3,S,S)), coeffs, landmarks (recon.pretrain.synthetic_arrays)."""
-    rows = np.asarray(idx)
-    x = _as_image_batch(synthetic["image"][rows])
-    c = torch.as_tensor(np.asarray(synthetic["coeffs"])[rows]).float()
-    lm = torch.as_tensor(np.asarray(synthetic["landmarks"])[rows]).float()
-    return x, c, lm
-
-
 def train_regressor(
     images: ArrayLike,
     landmarks: ArrayLike,
@@ -461,6 +451,7 @@ def train_regressor(
     progress: bool = False,
     device: Union[str, torch.device] = "cpu",
     callback: Any = None,
+    time_budget: Optional[float] = None,
 ) -> Tuple[torch.nn.Module, List[Dict[str, float]]]:
     """Train a CoeffRegressor on real aligned crops (self-supervised) and optionally synthetic faces.
 
@@ -472,8 +463,12 @@ def train_regressor(
     `synthetic_fraction` of each batch then comes from it, with the ground-truth terms (gt_coeffs,
     gt_shape) added. Adam with a cosine decay of the rate to 5 %. threads: torch intra-op threads while
     training (restored afterwards). Returns (regressor in eval mode, history: one dict of floats per step,
-    keys total, real/<term>, synth/<term>). device: where to train (inputs stay on the CPU until batched);
+    keys total, real/<term>, synth/<term>). device: where to train (model, morphable model, renderer and the
+    image arrays are moved there once; each step's batch is indexed there);
     callback(step, regressor): called after every optimiser step (e.g. to evaluate now and then).
+    time_budget: seconds of training after which it stops cleanly (fewer steps; the history's length says
+    how many ran); the cosine decay then follows max(step / steps, elapsed / time_budget), so the rate has
+    decayed when the budget ends. None = no limit.
     """
     before = torch.get_num_threads()
     if threads is not None:
@@ -481,13 +476,13 @@ def train_regressor(
     try:
         return _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
                                 synthetic_fraction, weights or REGRESSOR_WEIGHTS, seed, progress, torch.device(device),
-                                callback)
+                                callback, time_budget)
     finally:
         torch.set_num_threads(before)
 
 
 def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
-                     synthetic_fraction, weights, seed, progress, device, callback):
+                     synthetic_fraction, weights, seed, progress, device, callback, time_budget=None):
     from tqdm import tqdm
 
     from .regressor import CoeffRegressor
@@ -499,7 +494,8 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
     N, _, H, W = img.shape
     if N == 0:
         raise ValueError("train_regressor needs at least one real image (does the landmark cache hold any face?)")
-    lm = _as_landmarks(landmarks, N)
+    lm = _as_landmarks(landmarks, N).to(device)
+    img = img.to(device)
     layout = CoeffLayout.from_model(model)
     regressor = (regressor if regressor is not None else CoeffRegressor(layout=layout, image_size=H)).to(device)
     if getattr(regressor, "layout", layout) != layout:
@@ -512,17 +508,24 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
     lm_w = torch.from_numpy(_LM_WEIGHTS).to(device)
     n_synth = 0 if synthetic is None else min(batch_size - 1, max(1, round(batch_size * synthetic_fraction)))
     n_syn_total = 0 if synthetic is None else len(synthetic["coeffs"])
+    syn_dev = None if synthetic is None else _synthetic_on_device(synthetic, device)
     opt = torch.optim.Adam(regressor.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * k / steps)))
     regressor.train()
-    history: List[Dict[str, float]] = []
+    history: List[Dict[str, Any]] = []
     bar = tqdm(range(steps), desc="regressor", unit="step", disable=not progress, mininterval=2.0)
+    t_start = time.perf_counter()
     for step in bar:
-        idx = torch.randint(0, N, (min(batch_size - n_synth, N),), generator=gen)
-        x, target = img[idx].to(device), lm[idx].to(device)
+        elapsed = time.perf_counter() - t_start
+        if time_budget is not None and elapsed >= time_budget:
+            break
+        frac = max(step / steps, elapsed / time_budget if time_budget else 0.0)
+        for g in opt.param_groups:  # cosine decay to 5 % over the steps or the time budget, whichever ends first
+            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        idx = torch.randint(0, N, (min(batch_size - n_synth, N),), generator=gen).to(device)
+        x, target = img[idx], lm[idx]
         if n_synth:
-            sidx = torch.randint(0, n_syn_total, (n_synth,), generator=gen).tolist()
-            sx, sc, sl = (t.to(device) for t in _synthetic_batch(synthetic, sidx))
+            sidx = torch.randint(0, n_syn_total, (n_synth,), generator=gen).to(device)
+            sx, sc, sl = _synthetic_rows(syn_dev, sidx)
             coeffs_all = regressor(torch.cat([x, sx.to(x)]))  # one pass: BatchNorm sees both
             coeffs, scoeffs = coeffs_all[: len(idx)], coeffs_all[len(idx):]
         else:
@@ -533,7 +536,7 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
             rendered = {"landmarks2d": fwd.landmarks(_split_flat(layout, coeffs))}
         total, terms = L.reconstruction_loss(rendered, x, coeffs, layout, weights, landmarks=target, model=model,
                                              landmark_weights=lm_w)
-        logs = {f"real/{k}": float(v.detach()) for k, v in terms.items()}
+        logs = {f"real/{k}": v.detach() for k, v in terms.items()}
         if n_synth:
             s_fwd = fwd if sx.shape[-2:] == (H, W) else _Forward(model, None, intrinsics(tuple(sx.shape[-2:])).to(device),
                                                                   tuple(sx.shape[-2:]))
@@ -541,18 +544,45 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
                                                      None, scoeffs, layout, weights, landmarks=sl, gt_coeffs=sc,
                                                      model=model)
             total = (total * len(idx) + s_total * n_synth) / (len(idx) + n_synth)
-            logs.update({f"synth/{k}": float(v.detach()) for k, v in s_terms.items()})
+            logs.update({f"synth/{k}": v.detach() for k, v in s_terms.items()})
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        sched.step()
-        history.append({"step": step, "total": float(total.detach()), **logs})
+        history.append({"step": step, "total": total.detach(), **logs})  # tensors: no device sync per step
         if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+            bar.set_postfix(loss=f"{float(history[-1]['total']):.3f}")
         if callback is not None:
             callback(step, regressor)
+    bar.close()
     regressor.eval()
-    return regressor, history
+    return regressor, _history_to_floats(history)
+
+
+def _history_to_floats(history: List[Dict[str, Any]]) -> List[Dict[str, float]]:
+    """The per-step logs (0-d tensors, maybe on a device) as floats, with one transfer per key."""
+    if not history:
+        return []
+    keys = [k for k in history[0] if k != "step"]
+    cols = {k: torch.stack([h[k] for h in history]).double().cpu().tolist() for k in keys}
+    return [{"step": h["step"], **{k: cols[k][i] for k in keys}} for i, h in enumerate(history)]
+
+
+def _synthetic_on_device(synthetic: Dict[str, Any], device: torch.device) -> Dict[str, Tensor]:
+    """The synthetic arrays as tensors on `device`: image kept uint8 (N,S,S,3) or float (N,3,S,S)."""
+    out = {}
+    for k in ("image", "coeffs", "landmarks"):
+        v = synthetic[k]
+        t = v if torch.is_tensor(v) else torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.to(device) if k == "image" else t.float().to(device)
+    return out
+
+
+def _synthetic_rows(syn: Dict[str, Tensor], rows: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(images (B,3,S,S) float [0,1], coeffs (B,P), landmarks (B,68,2)) rows of `_synthetic_on_device`."""
+    x = syn["image"][rows]
+    if x.dtype == torch.uint8:
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+    return x.contiguous(), syn["coeffs"][rows], syn["landmarks"][rows]
 
 
 def _split_flat(layout: CoeffLayout, coeffs: Tensor) -> Dict[str, Tensor]:

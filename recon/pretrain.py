@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def landmark_cache(folders: Sequence[PathLike], cache_path: PathLike, detector: 
     file exists and lists the same images, else detected (tqdm bar) and written there atomically."""
     from tqdm import tqdm
 
-    from .landmarks import build_detector
+    from .landmarks import DetectorUnavailable, build_detector
     from .landmarks.cache import build_cache, load_cache
     from .photos import list_images
 
@@ -47,18 +47,70 @@ def landmark_cache(folders: Sequence[PathLike], cache_path: PathLike, detector: 
         cache = load_cache(cache_path)
         if sorted(map(str, cache.paths)) == sorted(paths):
             return cache
+    try:
+        det = build_detector(detector)
+    except (DetectorUnavailable, ImportError) as exc:  # no dlib here (e.g. a GPU machine): the caches must be carried in --work
+        raise FileNotFoundError(
+            f"{cache_path}: no landmark cache for these {len(paths)} images, and the {detector} detector cannot be "
+            f"built here ({exc}); run `lh2face regressor` once where {detector} is installed and carry the "
+            f"--work folder's landmarks/ along") from exc
     bar = tqdm(total=len(paths), desc=f"landmarks {cache_path.stem}", unit="img", disable=not progress)
-    cache = build_cache(paths, build_detector(detector), detector_name=detector, progress=lambda *a: bar.update())
+    cache = build_cache(paths, det, detector_name=detector, progress=lambda *a: bar.update())
     bar.close()
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache.save(cache_path)
     return cache
 
 
+def real_crops(root: PathLike, work: PathLike, name: str, size: int, progress: bool = True
+               ) -> Tuple[np.ndarray, np.ndarray, List[str], List[str]]:
+    """Aligned crops of an ImageFolder's faces with their 68 landmarks (recon.fitting.crops_from_cache).
+
+    Returns images uint8 (M,size,size,3), landmarks float32 (M,68,2) crop pixels, the crops' paths relative
+    to `root` ("person/file") and the person folder names (sorted). Kept in WORK/crops_{name}_{size}.npz
+    (a few MB), so a machine without the images or dlib (a GPU machine given only the --work folder) reuses
+    it: the file is used when `root` is missing or lists the same relative paths; otherwise the crops are
+    made from the landmark cache WORK/landmarks/{name}.npz (detected with dlib when that is missing too)."""
+    from .fitting import crops_from_cache
+    from .photos import list_images
+
+    root, work = Path(root), Path(work)
+    crop_path = work / f"crops_{name}_{size}.npz"
+    rel = None
+    if root.is_dir():
+        rel = sorted(Path(p).relative_to(root).as_posix() for p in list_images([str(f) for f in person_folders(root)]))
+    if crop_path.is_file():
+        with np.load(crop_path, allow_pickle=False) as z:
+            if rel is None or list(z["listing"]) == rel:
+                return z["image"], z["landmarks"], [str(p) for p in z["paths"]], [str(p) for p in z["people"]]
+    if rel is None:
+        raise FileNotFoundError(f"{root}: no such folder, and no {crop_path} made from it; pass the image folder "
+                                f"or carry the --work folder that holds {crop_path.name}")
+    cache = landmark_cache(person_folders(root), work / "landmarks" / f"{name}.npz", progress=progress)
+    images, lms, paths = crops_from_cache(cache, size)
+    paths = [Path(p).resolve().relative_to(root.resolve()).as_posix() for p in paths]
+    people = [p.name for p in person_folders(root)]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, image=images, landmarks=lms, paths=np.array(paths, dtype=str),
+                        people=np.array(people, dtype=str), listing=np.array(rel, dtype=str))
+    write_bytes_atomic(crop_path, buf.getvalue())
+    return images, lms, paths, people
+
+
+def _render_chunk(dataset: SyntheticFaces, start: int, stop: int) -> Dict[str, np.ndarray]:
+    """Rows start..stop-1 of a SyntheticFaces set as the arrays of `synthetic_arrays`."""
+    b = dataset.render_batch(range(start, stop))
+    return {"image": (b["image"].permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8),
+            "coeffs": b["coeffs"].numpy().astype(np.float32), "landmarks": b["landmarks"].numpy().astype(np.float32),
+            "identity": b["identity"].numpy()}
+
+
 def synthetic_arrays(dataset: SyntheticFaces, cache_path: Optional[PathLike] = None, chunk: int = 32,
-                     progress: bool = True) -> Dict[str, np.ndarray]:
+                     progress: bool = True, workers: int = 0) -> Dict[str, np.ndarray]:
     """Render a whole SyntheticFaces set to arrays: image uint8 (N,S,S,3), coeffs float32 (N,P), landmarks
-    float32 (N,68,2), identity int (N,). Cached in `cache_path` (.npz) keyed by dataset.config()."""
+    float32 (N,68,2), identity int (N,). Cached in `cache_path` (.npz) keyed by dataset.config().
+    workers > 1: chunks rendered by that many spawned processes (same arrays: each row depends only on its
+    index)."""
     import json
 
     from tqdm import tqdm
@@ -68,15 +120,27 @@ def synthetic_arrays(dataset: SyntheticFaces, cache_path: Optional[PathLike] = N
         with np.load(cache_path, allow_pickle=False) as z:
             if str(z["config"]) == key:
                 return {k: z[k] for k in ("image", "coeffs", "landmarks", "identity")}
-    out: Dict[str, List[np.ndarray]] = {"image": [], "coeffs": [], "landmarks": [], "identity": []}
-    starts = range(0, len(dataset), chunk)
-    for s in tqdm(starts, desc=f"rendering {len(dataset)} synthetic faces", unit="chunk", disable=not progress):
-        b = dataset.render_batch(range(s, min(s + chunk, len(dataset))))
-        out["image"].append((b["image"].permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
-        out["coeffs"].append(b["coeffs"].numpy().astype(np.float32))
-        out["landmarks"].append(b["landmarks"].numpy().astype(np.float32))
-        out["identity"].append(b["identity"].numpy())
-    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    starts = list(range(0, len(dataset), chunk))
+    desc = f"rendering {len(dataset)} synthetic faces" + (f" ({workers} processes)" if workers > 1 else "")
+    bar = tqdm(total=len(starts), desc=desc, unit="chunk", disable=not progress)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(_render_chunk, dataset, s, min(s + chunk, len(dataset))) for s in starts]
+            parts = []
+            for f in futures:
+                parts.append(f.result())
+                bar.update()
+    else:
+        parts = []
+        for s in starts:
+            parts.append(_render_chunk(dataset, s, min(s + chunk, len(dataset))))
+            bar.update()
+    bar.close()
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "coeffs", "landmarks", "identity")}
     if cache_path is not None:
         buf = io.BytesIO()
         np.savez(buf, config=np.array(key), **arrays)
@@ -115,7 +179,8 @@ def hidden_features(regressor: torch.nn.Module, images: np.ndarray, batch_size: 
     from .fitting import _as_image_batch
 
     regressor.eval()
-    out = [regressor.hidden(regressor.trunk(_as_image_batch(images[s:s + batch_size]) * 2.0 - 1.0)).double()
+    dev = next(regressor.parameters()).device  # runs where the regressor is; the result is on the CPU
+    out = [regressor.hidden(regressor.trunk(_as_image_batch(images[s:s + batch_size]).to(dev) * 2.0 - 1.0)).double().cpu()
            for s in range(0, len(images), batch_size)]
     return torch.cat(out)
 
@@ -154,7 +219,7 @@ def refit_identity_readout(regressor: torch.nn.Module, synthetic: Dict[str, np.n
 
     head = regressor.head
     s = layout.slices["id"]
-    current = torch.cat([head.weight[s].T.double(), head.bias[s][None].double()], 0)
+    current = torch.cat([head.weight[s].T.double(), head.bias[s][None].double()], 0).cpu()
     before = err(current, va)
     scores = {lam: err(solve(tr, lam), va) for lam in ridges}
     best = min(scores, key=scores.get)
@@ -162,8 +227,8 @@ def refit_identity_readout(regressor: torch.nn.Module, synthetic: Dict[str, np.n
            "readout_ridge": float(best), "readout_applied": float(scores[best] < before)}
     if scores[best] < before:
         Wb = solve(np.ones(len(ident), bool), best).float()  # refit on every identity
-        head.weight[s] = Wb[:-1].T
-        head.bias[s] = Wb[-1]
+        head.weight[s] = Wb[:-1].T.to(head.weight)
+        head.bias[s] = Wb[-1].to(head.bias)
     return out
 
 
@@ -196,6 +261,7 @@ class PretrainConfig:
     synthetic_fraction: float = 0.5
     synth_identities: int = 1000
     synth_images: int = 5
+    synth_workers: int = 0  # processes rendering the synthetic sets (0/1 = this process)
     synth_seed: int = 1  # the demo / study configs draw seed 0: none of their identities is trained on
     pose: Tuple[float, float, float] = (40.0, 20.0, 12.0)  # training (yaw, pitch, roll) range, degrees
     eval_identities: int = 50
@@ -207,15 +273,18 @@ class PretrainConfig:
     seed: int = 0
     identity_readout: bool = True  # after training, refit the identity read-out in closed form (ridge)
     weights: Dict[str, float] = field(default_factory=dict)  # ReconLossWeights overrides
+    time_budget: Optional[float] = None  # seconds of training at most (stops cleanly, fewer steps); None = no limit
 
 
 def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, cfg: PretrainConfig,
-                       progress: bool = True, log: Any = print) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+                       progress: bool = True, log: Any = print, device: Union[str, torch.device] = "cpu"
+                       ) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Train a CoeffRegressor on synthetic faces + AT&T + the lfw-dev train people and measure it.
 
     Returns (regressor, metrics): vertex error (mm) of the regressor and the mean face on the held-out
     synthetic identities; landmark NME of the regressor, the mean frontal face, the mean face placed by
-    the 5 points and the per-photo fit on the held-out lfw-dev people; data counts and seconds."""
+    the 5 points and the per-photo fit on the held-out lfw-dev people; data counts, steps done and seconds.
+    device: where the training runs (data preparation and the measurements stay on the CPU)."""
     import time
     from dataclasses import replace
 
@@ -225,14 +294,9 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
     from .regressor import CoeffRegressor
 
     work, t0 = Path(work), time.perf_counter()
-    att_root, lfw_root = Path(att_root), Path(lfw_root)
-    lfw_train, lfw_test = split_people(person_folders(lfw_root), cfg.lfw_train_people)
-    att = landmark_cache(person_folders(att_root), work / "landmarks" / "att.npz", progress=progress)
-    lfw = landmark_cache(person_folders(lfw_root), work / "landmarks" / "lfw-dev.npz", progress=progress)
-    from .fitting import crops_from_cache
-
-    ai, al, _ = crops_from_cache(att, cfg.size)
-    li, ll, lp = crops_from_cache(lfw, cfg.size)
+    ai, al, _, _ = real_crops(att_root, work, "att", cfg.size, progress=progress)
+    li, ll, lp, lfw_people = real_crops(lfw_root, work, "lfw-dev", cfg.size, progress=progress)
+    lfw_train, lfw_test = split_people([Path(p) for p in lfw_people], cfg.lfw_train_people)
     train_names = {p.name for p in lfw_train}
     is_train = np.array([Path(p).parent.name in train_names for p in lp], dtype=bool)
     real_i, real_l = np.concatenate([ai, li[is_train]]), np.concatenate([al, ll[is_train]])
@@ -243,8 +307,9 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
                                options=synth_options(cfg.pose))
     eval_set = SyntheticFaces(cfg.eval_identities, cfg.eval_images, seed=cfg.eval_seed, image_size=cfg.size,
                               options=synth_options(cfg.eval_pose))
-    syn = synthetic_arrays(train_set, work / f"synth_train_{cfg.size}.npz", progress=progress)
-    ev = synthetic_arrays(eval_set, work / f"synth_eval_{cfg.size}.npz", progress=progress)
+    syn = synthetic_arrays(train_set, work / f"synth_train_{cfg.size}.npz", progress=progress,
+                           workers=cfg.synth_workers)
+    ev = synthetic_arrays(eval_set, work / f"synth_eval_{cfg.size}.npz", progress=progress, workers=cfg.synth_workers)
     t_data = time.perf_counter() - t0
 
     model = MorphableModel()
@@ -256,8 +321,14 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
     t1 = time.perf_counter()
     reg, history = train_regressor(real_i, real_l, reg, model, steps=cfg.steps, batch_size=cfg.batch_size,
                                    lr=cfg.lr, synthetic=syn, synthetic_fraction=cfg.synthetic_fraction,
-                                   weights=weights, seed=cfg.seed, progress=progress)
-    readout = refit_identity_readout(reg, syn, model) if cfg.identity_readout else {}
+                                   weights=weights, seed=cfg.seed, progress=progress, device=device,
+                                   time_budget=cfg.time_budget)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    t_steps = time.perf_counter() - t1
+    model = model.cpu()
+    readout = refit_identity_readout(reg, syn, model) if cfg.identity_readout else {}  # features on the device
+    reg = reg.cpu()
     t_train = time.perf_counter() - t1
     m: Dict[str, Any] = {**readout,
         "vertex_error_mm": float(identity_vertex_error(reg, ev["image"], ev["coeffs"], model).mean()),
@@ -277,8 +348,10 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
     m.update(real_train_crops=int(len(real_i)), heldout_real_crops=int(len(test_i)),
              synth_train_images=int(len(syn["coeffs"])), synth_eval_images=int(len(ev["coeffs"])),
              lfw_train_people=[p.name for p in lfw_train], lfw_heldout_people=[p.name for p in lfw_test],
-             data_seconds=round(t_data, 1), train_seconds=round(t_train, 1),
-             final_loss=float(np.mean([h["total"] for h in history[-100:]])),
+             data_seconds=round(t_data, 1), train_seconds=round(t_train, 1), steps_done=len(history),
+             steps_seconds=round(t_steps, 1), stopped_by_time_budget=len(history) < cfg.steps,
+             device=str(torch.device(device)),
+             final_loss=float(np.mean([h["total"] for h in history[-100:]])) if history else float("nan"),
              weights=asdict(weights), config=json_ready(asdict(cfg)))
     return reg, m
 

@@ -128,3 +128,86 @@ def test_regressor_command_toy_scale(tmp_path):
     assert "vertex error" in (out / "README.md").read_text() and (work / "landmarks" / "lfw-dev.npz").is_file()
     assert main(args) == 2  # refuses to overwrite without --overwrite
     assert main(args + ["--overwrite"]) == 0  # the rerun reads the caches
+
+
+def _toy_folders(tmp_path: Path) -> list:
+    for root in ("att", "lfw"):
+        for k, src in enumerate(sorted(PHOTOS.glob("*.jpg"))[:3] if root == "lfw" else sorted(PHOTOS.glob("*.jpg"))[2:]):
+            d = tmp_path / root / f"p{k}"
+            d.mkdir(parents=True)
+            shutil.copy(src, d / src.name)
+    return ["regressor", "--att", str(tmp_path / "att"), "--lfw", str(tmp_path / "lfw"), "--lfw-train-people", "2",
+            "--work", str(tmp_path / "work"), "--size", "32", "--width", "8", "--batch-size", "4",
+            "--synth-identities", "3", "--synth-images", "2", "--eval-identities", "2", "--fit-photos", "0",
+            "--threads", "1", "--quiet", "--device", "cpu"]
+
+
+def test_regressor_time_budget_stops_cleanly_and_crops_travel_without_images(tmp_path, capsys, monkeypatch):
+    import json
+
+    from joint.cli import main
+
+    args = _toy_folders(tmp_path)
+    assert main(args + ["--out", str(tmp_path / "a"), "--steps", "2"]) == 0  # makes the caches (dlib)
+    # the --work folder alone (crops cached there) is enough: no images, no detector needed
+    shutil.rmtree(tmp_path / "att")
+    shutil.rmtree(tmp_path / "lfw")
+    import recon.landmarks as lmk
+    from recon.landmarks.base import DetectorUnavailable
+
+    def no_dlib(*a, **k):
+        raise DetectorUnavailable("dlib is not installed")
+
+    monkeypatch.setattr(lmk, "build_detector", no_dlib)
+    out = tmp_path / "b"
+    capsys.readouterr()
+    assert main(args + ["--out", str(out), "--steps", "1000000", "--time-budget", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 1 <= m["steps_done"] < 1000000 and m["stopped_by_time_budget"] is True and m["device"] == "cpu"
+    assert m["steps_seconds"] < 10.0 and np.isfinite(m["vertex_error_mm"]) and np.isfinite(m["final_loss"])
+    reg = load_pretrained_regressor(out / "regressor.pt")
+    assert reg.meta["steps_done"] == m["steps_done"] and reg.image_size == 32
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"regressor summary: {m['steps_done']}/1000000 steps (stopped by --time-budget)")
+    assert f"{m['vertex_error_mm']:.3f} mm vs mean face {m['vertex_error_mm_mean_face']:.3f} mm" in line
+    # a missing landmark cache where dlib cannot run: one clear error naming the cache
+    (tmp_path / "work" / "crops_lfw-dev_32.npz").unlink()
+    (tmp_path / "work" / "landmarks" / "lfw-dev.npz").unlink()
+    (tmp_path / "lfw" / "p0").mkdir(parents=True)
+    shutil.copy(sorted(PHOTOS.glob("*.jpg"))[0], tmp_path / "lfw" / "p0")
+    (tmp_path / "lfw" / "p1").mkdir()
+    shutil.copy(sorted(PHOTOS.glob("*.jpg"))[1], tmp_path / "lfw" / "p1")
+    (tmp_path / "lfw" / "p2").mkdir()
+    shutil.copy(sorted(PHOTOS.glob("*.jpg"))[2], tmp_path / "lfw" / "p2")
+    assert main(args + ["--out", str(tmp_path / "c"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "lfw-dev.npz: no landmark cache" in err and "dlib" in err and "--work" in err
+
+
+def test_train_regressor_time_budget_stops_a_huge_run():
+    from recon.fitting import train_regressor
+    from recon.morphable import MorphableModel
+    from recon.regressor import CoeffRegressor
+
+    model = MorphableModel()
+    layout = CoeffLayout.from_model(model)
+    imgs = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    lms = np.tile(np.linspace(8, 24, 136, dtype=np.float32).reshape(1, 68, 2), (4, 1, 1))
+    torch.manual_seed(0)
+    reg = CoeffRegressor(layout, image_size=32, width=8, hidden=16)
+    reg, hist = train_regressor(imgs, lms, reg, model, steps=10 ** 6, batch_size=2, lr=1.0, time_budget=0.5,
+                                callback=lambda s, r: None)
+    assert 1 <= len(hist) < 10 ** 6 and all(np.isfinite(h["total"]) for h in hist)
+    assert [h["step"] for h in hist] == list(range(len(hist)))
+
+
+def test_synthetic_arrays_with_worker_processes_equal_one_process():
+    from recon.pretrain import synth_options, synthetic_arrays
+    from recon.synth import SyntheticFaces
+
+    ds = SyntheticFaces(3, 2, seed=5, image_size=24, options=synth_options((30, 15, 10)))
+    one = synthetic_arrays(ds, None, chunk=2, progress=False)
+    two = synthetic_arrays(ds, None, chunk=2, progress=False, workers=2)
+    assert one["image"].shape == (6, 24, 24, 3) and one["image"].std() > 0
+    for k in one:
+        np.testing.assert_array_equal(one[k], two[k])
