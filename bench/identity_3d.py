@@ -17,6 +17,9 @@ Verification (recon.identity_eval + recognition.eval): features per photo, cosin
   albedo        albedo coefficients (3 x 20), minus the set's mean
   canonical     canonical render, pixels covered by >= half of the faces, minus the set's mean image
   canonical_std the same, each image standardised first (zero mean, unit std: brightness removed)
+  canonical_lit canonical render times the fitted light's mean shading over the standard light's (per colour
+                channel, over the frontal face's vertex normals): the photo's skin tone, which the fit
+                otherwise leaves in the light (measurement only, see docs/IDENTITY_3D.md)
   canon_shape   canonical render with the mean albedo (shape only, through the standard shading)
   depth         canonical depth, same region, minus the set's mean
   photo         reference: the aligned photo itself (grey, whole crop, standardised, minus the mean)
@@ -42,7 +45,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 DEFAULT_SETS = {"lfw-dev": (ROOT.parent / "shared" / "data" / "lfw-dev", 20, 10),
                 "att": (ROOT.parent / "shared" / "data" / "att_faces", 20, 5)}
-FEATURES = ("id", "id_centred", "albedo", "canonical", "canonical_std", "canon_shape", "depth", "photo")
+FEATURES = ("id", "id_centred", "albedo", "canonical", "canonical_std", "canonical_lit", "canon_shape", "depth",
+            "photo")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
 
@@ -177,13 +181,29 @@ def regress_coefficients(regressor: torch.nn.Module, crops: np.ndarray, batch: i
 
 
 @torch.no_grad()
+def light_gain(model: Any, ident: torch.Tensor, light: torch.Tensor) -> torch.Tensor:
+    """(B,3) per-channel ratio of the mean shading of the frontal canonical face's vertices under the
+    fitted light (B,27) to that under recon.lighting.standard_light: how much brighter / more tinted the
+    fit made the light instead of the albedo."""
+    from recon.camera import canonical_camera
+    from recon.lighting import sh_shading, standard_light
+
+    cam = canonical_camera(112)
+    normals = model.vertex_normals(model.shape(ident, None) @ cam.R.T + cam.t)
+    fit = sh_shading(normals, light).mean(1)
+    std = sh_shading(normals, standard_light(len(ident)).expand(len(ident), -1)).mean(1)
+    return fit / std.clamp_min(1e-6)
+
+
+@torch.no_grad()
 def canonical_renders(coeffs: np.ndarray, model: Any, renderer: Any, batch: int = 16) -> Dict[str, np.ndarray]:
-    """canonical (N,3,112,112), canon_shape (same, mean albedo), depth (N,1,112,112), mask (N,1,112,112)."""
+    """canonical (N,3,112,112), canonical_lit (times light_gain), canon_shape (same, mean albedo),
+    depth (N,1,112,112), mask (N,1,112,112)."""
     from recon.canonical import render_canonical
     from recon.coeffs import CoeffLayout
 
     layout = CoeffLayout.from_model(model)
-    out: Dict[str, List[np.ndarray]] = {"canonical": [], "canon_shape": [], "depth": []}
+    out: Dict[str, List[np.ndarray]] = {"canonical": [], "canonical_lit": [], "canon_shape": [], "depth": []}
     c = torch.from_numpy(np.asarray(coeffs, np.float32))
     for s in range(0, len(c), batch):
         cb = c[s:s + batch]
@@ -191,6 +211,8 @@ def canonical_renders(coeffs: np.ndarray, model: Any, renderer: Any, batch: int 
         p = layout.split(cb)
         shape_only, _ = render_canonical(model, renderer, p["id"], albedo=torch.zeros_like(p["albedo"]).reshape(len(cb), -1))
         out["canonical"].append(canon.numpy())
+        gain = light_gain(model, p["id"], p["light"])
+        out["canonical_lit"].append((canon * gain[:, :, None, None]).clamp(0, 1).numpy())
         out["canon_shape"].append(shape_only.numpy())
         out["depth"].append(depth.numpy())
     res = {k: np.concatenate(v) for k, v in out.items()}
@@ -213,6 +235,7 @@ def features(coeffs: np.ndarray, renders: Dict[str, np.ndarray], crops: np.ndarr
         "albedo": centre(p["albedo"].reshape(len(coeffs), -1).numpy()),
         "canonical": centre(canon),
         "canonical_std": centre(standardise(canon)),
+        "canonical_lit": centre(image_features(renders["canonical_lit"], region)),
         "canon_shape": centre(image_features(renders["canon_shape"], region)),
         "depth": centre(image_features(renders["depth"], region)),
         "photo": centre(standardise(image_features(grey))),
@@ -376,8 +399,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if regressor is not None:
             coeffs = regress_coefficients(regressor, crops)
         else:
-            coeffs, nme = fit_coefficients(crops, lms, kept, args.cache_dir / f"fits_{name}_{args.variant}.npz",
-                                           overrides, args.fit_batch, model, renderer)
+            try:
+                coeffs, nme = fit_coefficients(crops, lms, kept, args.cache_dir / f"fits_{name}_{args.variant}.npz",
+                                               overrides, args.fit_batch, model, renderer)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             entry["nme_mean"] = float(np.mean(nme))
         entry["seconds_per_photo"] = (time.perf_counter() - t0) / max(len(kept), 1)
         renders = canonical_renders(coeffs, model, renderer)
