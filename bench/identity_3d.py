@@ -25,6 +25,8 @@ Verification (recon.identity_eval + recognition.eval): features per photo, cosin
   photo         reference: the aligned photo itself (grey, whole crop, standardised, minus the mean)
 Accuracy: all genuine pairs + as many random impostor pairs (chance 50 %), 10-fold LFW protocol.
 TAR@FAR=1e-2 and AUC: over all pairs (chance: TAR = FAR = 0.01, AUC 0.5).
+spread: mean over the feature's dimensions of its std over the set (how much faces differ at all);
+identity share: between-person share of the feature's variance (~(people-1)/(photos-1) without identity).
 """
 
 from __future__ import annotations
@@ -249,10 +251,11 @@ def features(coeffs: np.ndarray, renders: Dict[str, np.ndarray], crops: np.ndarr
 
 
 def verify(feats: Dict[str, np.ndarray], labels: np.ndarray, seed: int = 0) -> Dict[str, Dict[str, float]]:
-    """Per feature: balanced 10-fold (fewer when there are under 10 pairs) accuracy (+- std over folds), TAR@FAR=1e-2 and AUC over all pairs."""
+    """Per feature: balanced 10-fold (fewer when there are under 10 pairs) accuracy (+- std over folds),
+    TAR@FAR=1e-2 and AUC over all pairs, spread (mean per-dimension std) and identity share of the variance."""
     from recognition.eval.metrics import roc_auc, tar_at_far
     from recognition.eval.verification import evaluate_scores
-    from recon.identity_eval import all_pairs, balanced_pairs, cosine_scores
+    from recon.identity_eval import all_pairs, balanced_pairs, cosine_scores, identity_fraction, spread
 
     bi, bj, bsame = balanced_pairs(labels, seed=seed)
     ai, aj, asame = all_pairs(labels)
@@ -262,7 +265,8 @@ def verify(feats: Dict[str, np.ndarray], labels: np.ndarray, seed: int = 0) -> D
         s_all = cosine_scores(f, ai, aj)
         out[name] = {"accuracy": ev["accuracy"], "accuracy_std": ev["accuracy_std"],
                      "tar_at_far_1e-2": float(tar_at_far(s_all, asame, [1e-2])[1e-2]),
-                     "auc": float(roc_auc(s_all, asame))}
+                     "auc": float(roc_auc(s_all, asame)), "spread": spread(f),
+                     "identity_share": identity_fraction(f, labels)}
     out["_pairs"] = {"balanced": int(bsame.size), "genuine": int(asame.sum()), "impostor": int((~asame).sum())}
     return out
 
@@ -302,18 +306,21 @@ def real_grid(path: Path, crops: np.ndarray, landmarks: np.ndarray, coeffs: np.n
 
 def markdown(result: Dict[str, Any]) -> str:
     lines = [f"source: {result['source']}", "",
-             "| set | feature | accuracy % (chance 50) | TAR@FAR=1e-2 % (chance 1) | AUC (chance 0.5) |",
-             "| --- | --- | --- | --- | --- |"]
+             "| set | feature | accuracy % (chance 50) | TAR@FAR=1e-2 % (chance 1) | AUC (chance 0.5) | spread "
+             "| identity share |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for set_name, r in result["sets"].items():
         for feat in FEATURES:
             v = r["verification"][feat]
             lines.append(f"| {set_name} | {feat} | {100 * v['accuracy']:.1f} +- {100 * v['accuracy_std']:.1f} | "
-                         f"{100 * v['tar_at_far_1e-2']:.1f} | {v['auc']:.3f} |")
+                         f"{100 * v['tar_at_far_1e-2']:.1f} | {v['auc']:.3f} | {v['spread']:.3g} | "
+                         f"{v['identity_share']:.2f} |")
     for set_name, r in result["sets"].items():
         pr = r["verification"]["_pairs"]
         extra = f", landmark NME {r['nme_mean']:.4f}, {r['seconds_per_photo']:.3g} s/photo"
+        chance = (r["people"] - 1) / max(r["images"] - 1, 1)
         lines.append(f"\n{set_name}: {r['people']} people x {r['photos']} photos; {pr['balanced']} balanced pairs, "
-                     f"{pr['genuine']} genuine / {pr['impostor']} impostor pairs in all{extra}")
+                     f"{pr['genuine']} genuine / {pr['impostor']} impostor pairs in all{extra}; identity share "
+                     f"of features that ignore identity ~{chance:.2f}")
     return "\n".join(lines)
 
 

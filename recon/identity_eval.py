@@ -11,7 +11,9 @@ recognition.eval.verification; recon never imports recognition):
 * `centre(features)`       subtract the mean over the set (the "average face"), so cosine measures how a
                            face deviates from the average, not how much it looks like a face at all;
 * `standardise(features)`  per-row zero mean, unit std (removes global brightness / contrast);
-* `cosine_scores(features, i, j)` the pair scores.
+* `cosine_scores(features, i, j)` the pair scores;
+* `spread(features)`       how much the features vary over the set at all (mean per-dimension std);
+* `identity_fraction(features, labels)` the share of that variance that lies between people.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["all_pairs", "balanced_pairs", "coverage_region", "image_features", "centre", "standardise",
-           "cosine_scores", "labels_from_paths"]
+           "cosine_scores", "labels_from_paths", "spread", "identity_fraction"]
 
 
 def _labels(labels: Sequence) -> np.ndarray:
@@ -121,3 +123,32 @@ def labels_from_paths(paths: Sequence[str]) -> np.ndarray:
     from pathlib import Path
 
     return np.array([Path(p).parent.name for p in paths])
+
+
+def spread(features: np.ndarray) -> float:
+    """Mean over the d dimensions of the (population) std over the N rows of features (N,d): how far the
+    set's members differ from each other at all, in the features' own unit (e.g. [0,1] pixel values)."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N,d) with N >= 2, got {f.shape}")
+    return float(f.std(0).mean())
+
+
+def identity_fraction(features: np.ndarray, labels: Sequence) -> float:
+    """Between-identity share of the total variance of features (N,d): sum over dimensions of
+    sum_people n_p |mean_p - mean|^2 divided by sum_i |f_i - mean|^2, in [0,1]. About (people - 1) /
+    (N - 1) when the features ignore identity (random rows), 1 when every person's photos coincide.
+    NaN when the features do not vary at all."""
+    f = np.asarray(features, dtype=np.float64)
+    lab = _labels(labels)
+    if f.ndim != 2 or f.shape[0] != lab.size:
+        raise ValueError(f"features must be (N,d) with N = {lab.size} labels, got {f.shape}")
+    mu = f.mean(0)
+    total = float(((f - mu) ** 2).sum())
+    if total <= 0.0:
+        return float("nan")
+    between = 0.0
+    for person in np.unique(lab):
+        rows = f[lab == person]
+        between += rows.shape[0] * float(((rows.mean(0) - mu) ** 2).sum())
+    return between / total

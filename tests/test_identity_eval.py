@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recon.identity_eval import (all_pairs, balanced_pairs, centre, cosine_scores, coverage_region, image_features,
-                                 labels_from_paths, standardise)
+                                 identity_fraction, labels_from_paths, spread, standardise)
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "fixtures" / "photos"
@@ -67,6 +67,22 @@ def test_centre_standardise_cosine_hand_values():
     assert np.allclose(scores, [1 / np.sqrt(2), 0.0, 1.0])  # a zero row scores 0
     with pytest.raises(ValueError, match="NaN"):
         cosine_scores(np.array([[np.nan, 1.0], [1.0, 1.0]]), np.array([0]), np.array([1]))
+
+
+def test_spread_and_identity_fraction_hand_values():
+    f = np.array([[0.0, 1.0], [2.0, 1.0], [10.0, 3.0], [12.0, 3.0]])
+    # column stds (population): [sqrt(26), 1] -> mean
+    assert spread(f) == pytest.approx((np.sqrt(26.0) + 1.0) / 2)
+    # people {0,1} and {2,3}: means (1,1), (11,3); grand mean (6,2)
+    # between = 2*(25+1) + 2*(25+1) = 104; total = 36+1 + 16+1 + 16+1 + 36+1 = 108
+    assert identity_fraction(f, ["a", "a", "b", "b"]) == pytest.approx(104 / 108)
+    # people {0,2} and {1,3}: means (5,2), (7,2): between = 2*1 + 2*1 = 4
+    assert identity_fraction(f, ["a", "b", "a", "b"]) == pytest.approx(4 / 108)
+    assert np.isnan(identity_fraction(np.ones((4, 2)), ["a", "a", "b", "b"]))
+    # random features ignore identity: the fraction is about (people - 1) / (N - 1)
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(10), 10)
+    assert identity_fraction(rng.normal(size=(100, 500)), lab) == pytest.approx(9 / 99, abs=0.01)
 
 
 def test_labels_from_paths():
