@@ -21,7 +21,9 @@ Verification (recon.identity_eval + recognition.eval): features per photo, cosin
                 channel, over the frontal face's vertex normals): the photo's skin tone, which the fit
                 otherwise leaves in the light (measurement only, see docs/IDENTITY_3D.md)
   canon_shape   canonical render with the mean albedo (shape only, through the standard shading)
-  depth         canonical depth, same region, minus the set's mean
+  depth         canonical depth (recon.canonical: normalised per face to [0,1]), same region, minus the set's mean
+  depth_cm      the canonical camera's z in cm before that normalisation, on the pixels every face covers,
+                minus the set's mean
   photo         reference: the aligned photo itself (grey, whole crop, standardised, minus the mean)
 Accuracy: all genuine pairs + as many random impostor pairs (chance 50 %), 10-fold LFW protocol.
 TAR@FAR=1e-2 and AUC: over all pairs (chance: TAR = FAR = 0.01, AUC 0.5).
@@ -48,7 +50,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 DEFAULT_SETS = {"lfw-dev": (ROOT.parent / "shared" / "data" / "lfw-dev", 20, 10),
                 "att": (ROOT.parent / "shared" / "data" / "att_faces", 20, 5)}
 FEATURES = ("id", "id_centred", "albedo", "canonical", "canonical_std", "canonical_lit", "canon_shape", "depth",
-            "photo")
+            "depth_cm", "photo")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
 
@@ -206,12 +208,15 @@ def light_gain(model: Any, ident: torch.Tensor, light: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def canonical_renders(coeffs: np.ndarray, model: Any, renderer: Any, batch: int = 16) -> Dict[str, np.ndarray]:
     """canonical (N,3,112,112), canonical_lit (times light_gain), canon_shape (same, mean albedo),
-    depth (N,1,112,112), mask (N,1,112,112)."""
+    depth (N,1,112,112), depth_cm (N,1,112,112) camera z in cm (0 off the face), mask (N,1,112,112)."""
+    from recon.camera import canonical_camera
     from recon.canonical import render_canonical
     from recon.coeffs import CoeffLayout
 
     layout = CoeffLayout.from_model(model)
-    out: Dict[str, List[np.ndarray]] = {"canonical": [], "canonical_lit": [], "canon_shape": [], "depth": []}
+    out: Dict[str, List[np.ndarray]] = {"canonical": [], "canonical_lit": [], "canon_shape": [], "depth": [],
+                                        "depth_cm": []}
+    cam = canonical_camera(112)
     c = torch.from_numpy(np.asarray(coeffs, np.float32))
     for s in range(0, len(c), batch):
         cb = c[s:s + batch]
@@ -223,6 +228,9 @@ def canonical_renders(coeffs: np.ndarray, model: Any, renderer: Any, batch: int 
         out["canonical_lit"].append((canon * gain[:, :, None, None]).clamp(0, 1).numpy())
         out["canon_shape"].append(shape_only.numpy())
         out["depth"].append(depth.numpy())
+        vcam = model.shape(p["id"], None) @ cam.R.T + cam.t  # the geometry render_canonical draws
+        raw = renderer(*model.fill_holes(vcam, torch.ones_like(vcam)), 112, cam.K)
+        out["depth_cm"].append((raw.depth * (raw.mask > 0.5)).numpy())
     res = {k: np.concatenate(v) for k, v in out.items()}
     res["mask"] = (res["depth"] > 0).astype(np.float32)
     return res
@@ -246,6 +254,7 @@ def features(coeffs: np.ndarray, renders: Dict[str, np.ndarray], crops: np.ndarr
         "canonical_lit": centre(image_features(renders["canonical_lit"], region)),
         "canon_shape": centre(image_features(renders["canon_shape"], region)),
         "depth": centre(image_features(renders["depth"], region)),
+        "depth_cm": centre(image_features(renders["depth_cm"], coverage_region(renders["mask"], 1.0))),
         "photo": centre(standardise(image_features(grey))),
     }
 
