@@ -333,6 +333,20 @@ def markdown(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def variant_table(results: Sequence[Tuple[str, Dict[str, Any]]],
+                  features: Sequence[str] = ("id_centred", "canonical", "depth")) -> str:
+    """One markdown row per (result, set): accuracy % and TAR@FAR=1e-2 % of each feature."""
+    head = "| variant | set | " + " | ".join(f"{f} acc / TAR" for f in features) + " | landmark NME |"
+    lines = [head, "|" + " --- |" * (len(features) + 3)]
+    for name, res in results:
+        for set_name, r in res["sets"].items():
+            v = r["verification"]
+            cells = [f"{100 * v[f]['accuracy']:.1f} / {100 * v[f]['tar_at_far_1e-2']:.1f}" if f in v else "-"
+                     for f in features]
+            lines.append(f"| {name} | {set_name} | " + " | ".join(cells) + f" | {r.get('nme_mean', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
 def _parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
     from recon.fitting import FitConfig
 
@@ -368,7 +382,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results JSON (and .md beside it)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the impostor-pair sample")
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="only print the variant table of earlier results (--out files) and exit")
+    ap.add_argument("--table-features", default="id_centred,canonical,depth",
+                    help="features (columns) of --table, comma-separated")
     args = ap.parse_args(argv)
+    if args.table is not None:
+        import json
+
+        try:
+            results = [(Path(p).stem, json.loads(Path(p).read_text())) for p in args.table]
+        except (OSError, ValueError) as exc:
+            print(f"error: --table: {exc}", file=sys.stderr)
+            return 2
+        print(variant_table(results, args.table_features.split(",")))
+        return 0
     torch.set_num_threads(args.threads)
 
     try:

@@ -122,7 +122,7 @@ def test_select_photos_natural_order(tmp_path):
     assert [f"{p.parent.name}/{p.name}" for p in got] == ["s1/1.pgm", "s1/2.pgm", "s2/1.pgm", "s2/2.pgm"]
 
 
-def test_script_fit_path_writes_results_and_reuses_caches(tiny_set, tmp_path):
+def test_script_fit_path_writes_results_and_reuses_caches(tiny_set, tmp_path, capsys):
     mod = _script()
     out = tmp_path / "res.json"
     args = ["--data", f"tiny={tiny_set}", "--limit", "tiny=2x2", "--cache-dir", str(tmp_path / "cache"),
@@ -147,6 +147,13 @@ def test_script_fit_path_writes_results_and_reuses_caches(tiny_set, tmp_path):
     assert json.loads(out.read_text())["sets"]["tiny"]["verification"] == ver
     # the same variant name with another config is refused, not silently mixed
     assert mod.main(args[:-6] + ["--fit", "w_id=1e-5"]) == 2
+    assert "another FitConfig" in capsys.readouterr().err
+    # the variant table of saved results: one row per (result, set), the numbers of the JSON
+    assert mod.main(["--table", str(out), "--table-features", "id,depth"]) == 0
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| res | tiny |")]
+    assert len(row) == 1
+    assert f"{100 * ver['depth']['accuracy']:.1f} / {100 * ver['depth']['tar_at_far_1e-2']:.1f}" in row[0]
+    assert mod.main(["--table", str(tmp_path / "none.json")]) == 2
 
 
 def test_script_untrained_regressor_carries_no_identity(tiny_set, tmp_path):
