@@ -154,8 +154,12 @@ def fit_coefficients(crops: np.ndarray, landmarks: np.ndarray, paths: Sequence[s
 
 
 def load_regressor(path: str) -> torch.nn.Module:
-    """A CoeffRegressor from a state dict file (plain, or under 'state_dict' / 'regressor' / 'model'), or
-    from a trained run folder / checkpoint (joint.runs.load_run(...).trunk.regressor)."""
+    """A CoeffRegressor (eval mode, float32) from: a trained run folder or joint checkpoint
+    (joint.runs.load_run(...).trunk.regressor); a file written by recon.regressor.save_regressor (the
+    pretrained assets/regressor/regressor.pt: loaded with recon.regressor.load_pretrained_regressor where
+    that exists); or a CoeffRegressor state dict (torch.save or lh2face.io.save_checkpoint; plain or under
+    'state_dict' / 'regressor' / 'model'; width and hidden size read from the weights' shapes)."""
+    from lh2face.io import CheckpointError, load_checkpoint
     from recon.regressor import CoeffRegressor
 
     p = Path(path)
@@ -164,23 +168,37 @@ def load_regressor(path: str) -> torch.nn.Module:
     if p.is_dir():
         from joint.runs import load_run
 
-        return load_run(str(p))[0].trunk.regressor.eval()
-    state = torch.load(p, map_location="cpu", weights_only=False)
+        return load_run(str(p))[0].trunk.regressor.float().eval()
+    try:
+        state = load_checkpoint(p)
+    except CheckpointError:  # not an lh2face checkpoint: a plain torch.save file
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on garbage
+            raise ValueError(f"{p}: unreadable regressor file ({exc.__class__.__name__}: {exc})") from None
+    if isinstance(state, dict) and str(state.get("format", "")).startswith("lh2face-coeff-regressor"):
+        try:
+            from recon.regressor import load_pretrained_regressor  # the pretrained regressor's own loader
+        except ImportError:
+            pass
+        else:
+            return load_pretrained_regressor(p).float().eval()
+    if isinstance(state, dict) and "config" in state and "model" in state:  # a joint training checkpoint
+        from joint.runs import load_run
+
+        return load_run(str(p))[0].trunk.regressor.float().eval()
     if isinstance(state, dict):
         for key in ("state_dict", "regressor", "model"):
-            if key in state and isinstance(state[key], dict) and "head.weight" in state[key]:
+            if isinstance(state.get(key), dict) and "head.weight" in state[key]:
                 state = state[key]
                 break
-        if "trunk" in state and "head.weight" not in state:  # a joint checkpoint: use load_run
-            from joint.runs import load_run
-
-            return load_run(str(p))[0].trunk.regressor.eval()
     if not isinstance(state, dict) or "head.weight" not in state or "trunk.0.0.weight" not in state:
         raise ValueError(f"{p}: not a CoeffRegressor state dict (no head.weight / trunk.0.0.weight)")
-    width = int(state["trunk.0.0.weight"].shape[0])
-    hidden = int(state["head.weight"].shape[1])
-    reg = CoeffRegressor(width=width, hidden=hidden)
-    reg.load_state_dict(state)
+    reg = CoeffRegressor(width=int(state["trunk.0.0.weight"].shape[0]), hidden=int(state["head.weight"].shape[1]))
+    try:
+        reg.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"{p}: weights do not fit a CoeffRegressor ({str(exc).splitlines()[0]})") from None
     return reg.eval()
 
 

@@ -180,6 +180,19 @@ def test_script_untrained_regressor_carries_no_identity(tiny_set, tmp_path):
     coeffs = mod.regress_coefficients(reg, crops)
     assert np.array_equal(coeffs, np.repeat(coeffs[:1], 3, 0))
     assert np.allclose(coeffs[0], CoeffRegressor().layout.mean_frontal().numpy(), atol=1e-5)
+    # the same weights saved as an lh2face checkpoint in float16 under "state_dict", with another width
+    from lh2face.io import save_checkpoint
+
+    small = CoeffRegressor(width=8, hidden=32)
+    torch.nn.init.normal_(small.head.weight, std=1e-3)
+    save_checkpoint(tmp_path / "small.pt", {"state_dict": {k: v.half() if v.is_floating_point() else v
+                                                          for k, v in small.state_dict().items()}})
+    loaded = mod.load_regressor(str(tmp_path / "small.pt"))
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        ref = CoeffRegressor(width=8, hidden=32)
+        ref.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in small.state_dict().items()})
+        assert torch.allclose(loaded(x), ref.eval()(x), atol=1e-5)
 
 
 def test_script_bad_input(tmp_path, tiny_set, capsys):
