@@ -24,6 +24,8 @@ Verification (recon.identity_eval + recognition.eval): features per photo, cosin
   depth         canonical depth (recon.canonical: normalised per face to [0,1]), same region, minus the set's mean
   depth_cm      the canonical camera's z in cm before that normalisation, on the pixels every face covers,
                 minus the set's mean
+  expr          expression coefficients (53), minus the set's mean: identity that leaked into expression
+                (the canonical render drops it)
   photo         reference: the aligned photo itself (grey, whole crop, standardised, minus the mean)
 Accuracy: all genuine pairs + as many random impostor pairs (chance 50 %), 10-fold LFW protocol.
 TAR@FAR=1e-2 and AUC: over all pairs (chance: TAR = FAR = 0.01, AUC 0.5).
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 DEFAULT_SETS = {"lfw-dev": (ROOT.parent / "shared" / "data" / "lfw-dev", 20, 10),
                 "att": (ROOT.parent / "shared" / "data" / "att_faces", 20, 5)}
 FEATURES = ("id", "id_centred", "albedo", "canonical", "canonical_std", "canonical_lit", "canon_shape", "depth",
-            "depth_cm", "photo")
+            "depth_cm", "expr", "photo")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm")
 
 
@@ -273,6 +275,7 @@ def features(coeffs: np.ndarray, renders: Dict[str, np.ndarray], crops: np.ndarr
         "canon_shape": centre(image_features(renders["canon_shape"], region)),
         "depth": centre(image_features(renders["depth"], region)),
         "depth_cm": centre(image_features(renders["depth_cm"], coverage_region(renders["mask"], 1.0))),
+        "expr": centre(p["expr"].numpy()),
         "photo": centre(standardise(image_features(grey))),
     }
 
