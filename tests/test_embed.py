@@ -63,7 +63,7 @@ def test_seven_channel_model_uses_its_regressor_and_flip(runs, tmp_path):
     x = torch.stack([pixels(p) for p in files])
 
     def seven(images):
-        coeffs = model.regressor(images)
+        coeffs = model.trunk.regress(images)  # resized to the regressor's own input size
         from recon import CoeffLayout, MorphableModel
         from recon.canonical import render_canonical
         from recon.render import build_renderer

@@ -116,7 +116,10 @@ def test_seven_channel_model_and_regressor_match_torch(exported, batch, real):
     _check(z, ref)
     _check(u, ref / ref.norm(dim=1, keepdim=True))
     reg = Path(str(path).replace(".onnx", ".regressor.onnx"))
-    (c,) = _session(reg).run(None, {"image": x.numpy()})
+    from joint.model import resize
+
+    # the regressor's ONNX input is the image resized to the regressor's own size (trunk.regressor_size)
+    (c,) = _session(reg).run(None, {"image": resize(x, model.trunk.regressor_size).numpy()})
     _check(c, coeffs)
 
 
@@ -138,7 +141,10 @@ def test_onnx_depends_on_canonical_and_depth_inputs(exported):
     z1, _ = s.run(None, {"image": x.numpy(), "canonical": np.zeros_like(canon.numpy()), "depth": depth.numpy()})
     z2, _ = s.run(None, {"image": x.numpy(), "canonical": canon.numpy(), "depth": np.zeros_like(depth.numpy())})
     assert np.abs(z1 - z0).max() > 1e-2 and np.abs(z2 - z0).max() > 1e-2
-    (coeffs,) = _session(Path(str(path).replace(".onnx", ".regressor.onnx"))).run(None, {"image": x.numpy()})
+    from joint.model import resize
+
+    xr = resize(x, model.trunk.regressor_size).numpy()  # the deployment resizes to the regressor's size first
+    (coeffs,) = _session(Path(str(path).replace(".onnx", ".regressor.onnx"))).run(None, {"image": xr})
     c_onnx, d_onnx = canonical_from_coeffs(coeffs, image_size=SIZE)
     z, _ = s.run(None, {"image": x.numpy(), "canonical": c_onnx, "depth": d_onnx})
     _check(z, ref)
