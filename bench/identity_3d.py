@@ -354,6 +354,11 @@ def markdown(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pct(x: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal; None (a NaN stored as null in JSON) as 'nan'."""
+    return "nan" if x is None else f"{100 * x:.1f}"
+
+
 def variant_table(results: Sequence[Tuple[str, Dict[str, Any]]],
                   features: Sequence[str] = ("id_centred", "canonical", "depth")) -> str:
     """One markdown row per (result, set): accuracy % and TAR@FAR=1e-2 % of each feature."""
@@ -362,23 +367,39 @@ def variant_table(results: Sequence[Tuple[str, Dict[str, Any]]],
     for name, res in results:
         for set_name, r in res["sets"].items():
             v = r["verification"]
-            cells = [f"{100 * v[f]['accuracy']:.1f} / {100 * v[f]['tar_at_far_1e-2']:.1f}" if f in v else "-"
+            cells = [f"{_pct(v[f]['accuracy'])} / {_pct(v[f]['tar_at_far_1e-2'])}" if f in v else "-"
                      for f in features]
             lines.append(f"| {name} | {set_name} | " + " | ".join(cells) + f" | {r.get('nme_mean', float('nan')):.4f} |")
     return "\n".join(lines)
 
 
-def _parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    from recon.fitting import FitConfig
+_OLD_WEIGHT_NAMES = {"w_id": "prior_id", "w_expr": "prior_expr", "w_albedo": "prior_albedo", "w_landmark": "landmark",
+                     "w_photo": "photometric"}  # the FitConfig names before recon.losses.ReconLossWeights
 
-    fields = {f.name: f for f in dataclasses.fields(FitConfig)}
+
+def _parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """--fit KEY=VALUE items -> FitConfig keyword arguments; an L_reco weight is `weights.NAME` (or its old
+    FitConfig name w_id / w_expr / w_albedo / w_landmark / w_photo)."""
+    from recon.fitting import FIT_WEIGHTS, FitConfig
+
+    fields = {f.name: f for f in dataclasses.fields(FitConfig) if f.name != "weights"}
+    wfields = {f.name for f in dataclasses.fields(FIT_WEIGHTS)}
     out: Dict[str, Any] = {}
+    weights: Dict[str, float] = {}
     for it in items:
         key, sep, val = it.partition("=")
+        key = _OLD_WEIGHT_NAMES.get(key, key)
+        wkey = key[len("weights."):] if key.startswith("weights.") else key
+        if sep and wkey in wfields:
+            weights[wkey] = float(val)
+            continue
         if not sep or key not in fields:
-            raise ValueError(f"--fit {it!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+            raise ValueError(f"--fit {it!r}: expected KEY=VALUE with KEY one of {sorted(fields)} or "
+                             f"weights.NAME with NAME one of {sorted(wfields)}")
         default = getattr(FitConfig(), key)
         out[key] = type(default)(val) if isinstance(default, (int, float)) and not isinstance(default, bool) else val
+    if weights:
+        out["weights"] = {**dataclasses.asdict(FIT_WEIGHTS), **weights}
     return out
 
 

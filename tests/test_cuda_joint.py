@@ -18,6 +18,7 @@ from typing import Dict
 import pytest
 import torch
 
+from recon.losses import ReconLossWeights
 from joint.config import LossConfig, ReconConfig
 from joint.model import JointModel
 from joint.step import autocast, train_step
@@ -44,7 +45,7 @@ def _batch(device: torch.device) -> Dict[str, torch.Tensor]:
 def _model(device: torch.device) -> JointModel:
     torch.manual_seed(0)
     m = JointModel(4, backbone="mobilefacenet", embedding_size=32, head="lh2face", input_mode="rgb+canonical+depth",
-                   image_size=SIZE, recon=ReconConfig(gt_coeffs=True, regressor_options={"width": 8, "hidden": 32}),
+                   image_size=SIZE, recon=ReconConfig(weights=ReconLossWeights(gt_coeffs=1.0), regressor_options={"width": 8, "hidden": 32}),
                    lambdas=LossConfig(reco=1.0, canon=0.0, view=0.25))
     return m.to(device).train()
 

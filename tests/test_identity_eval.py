@@ -152,7 +152,8 @@ def test_script_fit_path_writes_results_and_reuses_caches(tiny_set, tmp_path, ca
     assert mod.main(["--table", str(out), "--table-features", "id,depth"]) == 0
     row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| res | tiny |")]
     assert len(row) == 1
-    assert f"{100 * ver['depth']['accuracy']:.1f} / {100 * ver['depth']['tar_at_far_1e-2']:.1f}" in row[0]
+    pct = ["nan" if x is None else f"{100 * x:.1f}" for x in (ver["depth"]["accuracy"], ver["depth"]["tar_at_far_1e-2"])]
+    assert f"{pct[0]} / {pct[1]}" in row[0]  # NaN (too few pairs here) is stored as null
     assert mod.main(["--table", str(tmp_path / "none.json")]) == 2
 
 
