@@ -422,8 +422,8 @@ def test_cuda_vectorised_matches_numba_on_ict():
     wi = torch.randn(b, 3, s, s, generator=g, dtype=torch.float64)
     res = []
     for device, impl in (("cpu", "numba"), ("cuda", "torch")):
-        vv = V.to(device).requires_grad_(True)
-        aa = attrs.to(device).requires_grad_(True)
+        vv = V.detach().to(device).clone().requires_grad_(True)  # a fresh leaf per device
+        aa = attrs.detach().to(device).clone().requires_grad_(True)
         out = build_renderer("torch", impl=impl, soft_edges=1.0)(vv, tris.to(device), aa, s, K.to(device))
         ((out.image * wi.to(device)).sum() + out.depth.sum() + out.mask.sum()).backward()
         res.append([t.detach().cpu() for t in (out.face, out.image, out.depth, out.mask, vv.grad, aa.grad)])
