@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
 from ._run_regressor import add_model_arguments, add_source_arguments, check_source_arguments, photo_options
@@ -79,38 +80,10 @@ def run(args: argparse.Namespace) -> int:
 
             coeffs, names = load_coeffs(args.coeffs, size=CoeffLayout.from_model(model).size)
         else:
-            from recon.photos import list_images, new_photo_report, reconstruct_photos, record_result
-
-            if (Path(args.out) / "report.json").exists() and not args.overwrite:
-                print(f"error: {args.out}/report.json exists; pass --overwrite or choose another --out",
-                      file=sys.stderr)
-                return 2
-            files = list_images(args.photos)
-            if not files:
-                print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
-                return 1
-            from tqdm import tqdm
-
-            rows, inputs, landmarks, names = [], [], [], []
-            report = new_photo_report()
-            results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer,
-                                         **photo_options(args))
-            for res in tqdm(results, total=len(files), unit="photo", desc="reconstruct", dynamic_ncols=True,
-                            disable=args.quiet):
-                reason = record_result(report, res)
-                if reason:
-                    tqdm.write(f"  skipped {res.path}: {reason}", file=sys.stderr)
-                    continue
-                rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))
-                inputs.append(res.aligned)
-                landmarks.append(res.landmarks)  # detected landmarks, mapped into the aligned crop
-                names.append(res.path.stem if hasattr(res.path, "stem") else str(res.path))
-                report["processed"].append({"path": str(res.path)})
-            if not rows:
-                write_json_atomic(f"{args.out}/report.json", report)
-                print(f"error: no face could be reconstructed (see {args.out}/report.json)", file=sys.stderr)
-                return 1
-            coeffs = torch.stack(rows)
+            got = _photo_faces(args, model, renderer)
+            if isinstance(got, int):
+                return got
+            coeffs, inputs, landmarks, names, report = got
         paths = visualize_faces(coeffs, args.out, names=names, inputs=inputs, input_landmarks=landmarks,
                                 zoom=args.zoom, gif=not args.no_gif, gif_frames=args.frames,
                                 gif_size=args.gif_size, poses=args.poses,
@@ -128,3 +101,40 @@ def run(args: argparse.Namespace) -> int:
 
         print(reconstruction_rate(report["seconds"], n, dt))
     return 0
+
+
+def _photo_faces(args: argparse.Namespace, model: Any, renderer: Any):
+    """Reconstruct the photos of args.photos: (coeffs (N,P), aligned crops, landmarks, names, report), or an
+    exit code when --out holds a report without --overwrite (2) or no face could be reconstructed (1)."""
+    import torch
+    from tqdm import tqdm
+
+    from lh2face.io import write_json_atomic
+    from recon.photos import list_images, new_photo_report, reconstruct_photos, record_result
+
+    if (Path(args.out) / "report.json").exists() and not args.overwrite:
+        print(f"error: {args.out}/report.json exists; pass --overwrite or choose another --out", file=sys.stderr)
+        return 2
+    files = list_images(args.photos)
+    if not files:
+        print(f"error: no images found in {' '.join(args.photos)}", file=sys.stderr)
+        return 1
+    rows, inputs, landmarks, names = [], [], [], []
+    report = new_photo_report()
+    results = reconstruct_photos(files, detector=args.detector, model=model, renderer=renderer, **photo_options(args))
+    for res in tqdm(results, total=len(files), unit="photo", desc="reconstruct", dynamic_ncols=True,
+                    disable=args.quiet):
+        reason = record_result(report, res)
+        if reason:
+            tqdm.write(f"  skipped {res.path}: {reason}", file=sys.stderr)
+            continue
+        rows.append(torch.as_tensor(res.coeffs, dtype=torch.float32).reshape(-1))
+        inputs.append(res.aligned)
+        landmarks.append(res.landmarks)  # detected landmarks, mapped into the aligned crop
+        names.append(res.path.stem if hasattr(res.path, "stem") else str(res.path))
+        report["processed"].append({"path": str(res.path)})
+    if not rows:
+        write_json_atomic(f"{args.out}/report.json", report)
+        print(f"error: no face could be reconstructed (see {args.out}/report.json)", file=sys.stderr)
+        return 1
+    return torch.stack(rows), inputs, landmarks, names, report
