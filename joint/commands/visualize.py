@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     code = apply_threads(args)
     if code is not None:
         return code
-    import torch
-
     from lh2face.io import write_json_atomic
     from recon.export import load_coeffs
     from recon.morphable import MorphableModel
