@@ -71,6 +71,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if hasattr(args, "threads"):  # every command with --threads (joint.commands._common) gets it applied here
+        from joint.commands._common import apply_threads
+
+        code = apply_threads(args)
+        if code is not None:
+            return code
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

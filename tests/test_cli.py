@@ -14,21 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import write_faces
 from joint.cli import load_commands, main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _faces(root: Path, n_ids: int, per_id: int, size: int = 32, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for i in range(n_ids):
-        base = rng.uniform(0, 255, (size, size, 3))
-        d = root / f"p{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        for k in range(per_id):
-            img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{k}.png")
-    return root
+_faces = write_faces  # the shared tiny ImageFolder (tests/helpers.py)
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +209,12 @@ def test_eval_ijb_delegates_to_the_protocol(trained_run, tmp_path, capsys):
     res = json.loads((out / "ijbb_result.json").read_text())
     assert res["n_pairs"] == len(PAIRS) and res["n_genuine"] == sum(p[2] for p in PAIRS)
     assert (out / "ijbb_roc.png").is_file() and "TAR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["synth", "--identities", "2", "--images", "1", "--out", "OUT"], ["embed", "--model", "RUN", "x.png", "--out", "OUT"]])
+def test_bad_threads_is_one_error_before_any_work(argv, tmp_path, capsys):
+    """The dispatcher applies --threads for every command that has it: a value < 1 is exit 2, nothing written."""
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    assert main([*argv, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+from ._common import USER_ERRORS, add_threads_argument, user_error
 
 NAME = "align"
 HELP = "detect + align photos to the ArcFace template into an ImageFolder with a landmark sidecar"
@@ -37,9 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from lh2face.landmark_sidecar import SidecarError
     from recon.align_photos import align_photos
 

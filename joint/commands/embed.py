@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_threads_argument, apply_threads
+from ._common import add_threads_argument
 from ._run_regressor import add_run_argument, load_run_argument
 
 NAME = "embed"
@@ -53,9 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from joint.embed import NoUsablePhotos, embed_photos, output_paths, save_embeddings
     from recon.landmarks import DetectorUnavailable
     from recon.photos import list_images

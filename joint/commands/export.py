@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 
-from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+from ._common import USER_ERRORS, add_threads_argument, user_error
 from ._run_regressor import add_model_arguments, add_source_arguments, check_source_arguments, photo_options
 
 NAME = "export"
@@ -39,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from recon.export import export_coefficients, export_photos, load_coeffs, \
         synthetic_identities
     from recon.morphable import MorphableModel

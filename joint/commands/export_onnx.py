@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_threads_argument, apply_threads
+from ._common import add_threads_argument
 from ._run_regressor import add_run_argument, load_run_argument
 
 NAME = "export-onnx"
@@ -54,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from joint.onnx_export import OnnxUnavailable, export_onnx, require_onnx
 
     if not args.tolerance >= 0:

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+from ._common import USER_ERRORS, add_threads_argument, user_error
 
 NAME = "regressor"
 HELP = "train the pretrained reconstruction regressor (synthetic + AT&T + lfw-dev) into assets/regressor/"
@@ -73,9 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from recon.pretrain import PretrainConfig, pretrain_regressor, write_asset
     from recon.regressor import default_regressor_path
 

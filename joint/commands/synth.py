@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from ._common import add_threads_argument, apply_threads
+from ._common import add_threads_argument
 
 NAME = "synth"
 HELP = "render synthetic 3DMM identities (images + ground-truth coefficients/landmarks) into an ImageFolder"
@@ -37,9 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from recon.synth import SyntheticFaces, cache_to_folder
 
     backgrounds = None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import USER_ERRORS, add_threads_argument, apply_threads, user_error
+from ._common import USER_ERRORS, add_threads_argument, user_error
 from ._run_regressor import add_model_arguments, add_source_arguments, check_source_arguments, photo_options
 
 NAME = "visualize"
@@ -43,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = apply_threads(args)
-    if code is not None:
-        return code
     from lh2face.io import write_json_atomic
     from recon.export import load_coeffs
     from recon.morphable import MorphableModel
