@@ -112,7 +112,7 @@ def reconstruct_photos(
     Building the detector may raise recon.landmarks.DetectorUnavailable (nothing would work);
     per-image problems never raise.
     """
-    from .detect_align import DetectorFailed, LazyDetector, NoFaceError, PhotoError, detect_and_align, read_photo
+    from .detect_align import LazyDetector
 
     if not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
@@ -123,81 +123,96 @@ def reconstruct_photos(
         raise ValueError(f"refine_steps must be >= 0 and needs a regressor, got {refine_steps!r}")
     det = LazyDetector(detector, detector_options).get()  # up front: without a detector nothing would work
     do_fit = regressor is None and (fit_steps is None or int(fit_steps) > 0)
+    config = None
     if regressor is not None and refine_steps:
         fit_options = {"steps_pose": 0, "steps_shape": 0, **fit_options, "steps_photo": int(refine_steps)}
     if do_fit or (regressor is not None and refine_steps):
-        from .fitting import FitConfig, fit_image
-        from .morphable import MorphableModel
-        from .render import build_renderer
-
-        model = model if model is not None else MorphableModel()
-        renderer = renderer if renderer is not None else build_renderer("auto")
-        overrides = dict(fit_options)
-        if fit_steps is not None:
-            overrides.setdefault("steps_shape", int(fit_steps))
-            overrides.setdefault("steps_photo", int(fit_steps))
-        config = FitConfig(**{**(vars(fit_config) if fit_config is not None else {}), **overrides})
+        model, renderer, config = _fit_setup(model, renderer, fit_config, fit_steps, fit_options)
     elif fit_options:
         raise TypeError(f"fit options {sorted(fit_options)} given with fit_steps=0 (no fitting)")
-
     for path in files:
-        res = PhotoResult(path=Path(path), ok=False)
-        try:
-            res.image = read_photo(path)
-        except PhotoError as exc:
-            res.reason = str(exc)
-            yield res
-            continue
+        yield _reconstruct_one(Path(path), det, image_size, regressor, bool(refine_steps), do_fit, model,
+                               renderer, config)
+
+
+def _fit_setup(model: Any, renderer: Any, fit_config: Any, fit_steps: Optional[int], fit_options: dict):
+    """(model, renderer, FitConfig) for fitting: the given model / renderer or new ones, fit_config with
+    fit_options on top, fit_steps as the shape and photometric stage steps unless given there."""
+    from .fitting import FitConfig
+    from .morphable import MorphableModel
+    from .render import build_renderer
+
+    model = model if model is not None else MorphableModel()
+    renderer = renderer if renderer is not None else build_renderer("auto")
+    overrides = dict(fit_options)
+    if fit_steps is not None:
+        overrides.setdefault("steps_shape", int(fit_steps))
+        overrides.setdefault("steps_photo", int(fit_steps))
+    return model, renderer, FitConfig(**{**(vars(fit_config) if fit_config is not None else {}), **overrides})
+
+
+def _reconstruct_one(path: Path, det: Any, image_size: int, regressor: Optional[Callable[[Any], Any]],
+                     refine: bool, do_fit: bool, model: Any, renderer: Any, config: Any) -> PhotoResult:
+    """Read, detect + align, then regress and/or fit one photo; problems end up in `reason` (ok False)."""
+    from .detect_align import DetectorFailed, NoFaceError, PhotoError, detect_and_align, read_photo
+
+    res = PhotoResult(path=path, ok=False)
+    try:
+        res.image = read_photo(path)
+    except PhotoError as exc:
+        res.reason = str(exc)
+        return res
+    t0 = time.perf_counter()
+    try:
+        found = detect_and_align(res.image, det, size=image_size)
+    except DetectorFailed as exc:
+        res.reason = str(exc)
+        return res
+    except NoFaceError as exc:
+        found, res.reason = None, str(exc)
+    res.seconds["detect"] = time.perf_counter() - t0  # detection + alignment
+    if found is None:
+        return res
+    res.num_faces = found.num_detected
+    best = found.faces[0]
+    res.face, res.aligned, res.matrix, res.landmarks = best.face, best.crop, best.matrix, best.landmarks68
+    init = None
+    if regressor is not None:
         t0 = time.perf_counter()
         try:
-            found = detect_and_align(res.image, det, size=image_size)
-        except DetectorFailed as exc:
-            res.reason = str(exc)
-            yield res
-            continue
-        except NoFaceError as exc:
-            found, res.reason = None, str(exc)
-        res.seconds["detect"] = time.perf_counter() - t0  # detection + alignment
-        if found is None:
-            yield res
-            continue
-        res.num_faces = found.num_detected
-        best = found.faces[0]
-        res.face, res.aligned, res.matrix, res.landmarks = best.face, best.crop, best.matrix, best.landmarks68
-        init = None
-        if regressor is not None:
-            t0 = time.perf_counter()
-            try:
-                init = regress_crop(regressor, res.aligned)
-            except Exception as exc:  # noqa: BLE001
-                res.reason = f"regressor failed: {type(exc).__name__}: {exc}"
-                yield res
-                continue
-            res.seconds["regress"] = time.perf_counter() - t0
-            if not refine_steps:
-                res.coeffs = init[0].numpy().astype(np.float32)
-                res.ok = True
-                yield res
-                continue
-        elif not do_fit:
-            res.ok = True
-            yield res
-            continue
-        t0 = time.perf_counter()
-        try:
-            fit = fit_image(res.aligned, res.landmarks, model=model, renderer=renderer, config=config, init=init)
+            init = regress_crop(regressor, res.aligned)
         except Exception as exc:  # noqa: BLE001
-            res.reason = f"fit failed: {type(exc).__name__}: {exc}"
-            res.seconds["fit"] = time.perf_counter() - t0
-            yield res
-            continue
-        res.seconds["fit"] = time.perf_counter() - t0
-        res.coeffs = fit.coeffs[0].numpy().astype(np.float32)
-        res.fit_landmarks = fit.landmarks2d[0].numpy().astype(np.float32)
-        res.fit_history = fit.history
-        res.nme = {"before": float(fit.nme_before[0]), "after": float(fit.nme_after[0])}
+            res.reason = f"regressor failed: {type(exc).__name__}: {exc}"
+            return res
+        res.seconds["regress"] = time.perf_counter() - t0
+        if not refine:
+            res.coeffs = init[0].numpy().astype(np.float32)
+            res.ok = True
+            return res
+    elif not do_fit:
         res.ok = True
-        yield res
+        return res
+    return _fit_one(res, init, model, renderer, config)
+
+
+def _fit_one(res: PhotoResult, init: Any, model: Any, renderer: Any, config: Any) -> PhotoResult:
+    """Fit the aligned crop of `res` (from `init` coefficients when given) and fill in its fit fields."""
+    from .fitting import fit_image
+
+    t0 = time.perf_counter()
+    try:
+        fit = fit_image(res.aligned, res.landmarks, model=model, renderer=renderer, config=config, init=init)
+    except Exception as exc:  # noqa: BLE001
+        res.reason = f"fit failed: {type(exc).__name__}: {exc}"
+        res.seconds["fit"] = time.perf_counter() - t0
+        return res
+    res.seconds["fit"] = time.perf_counter() - t0
+    res.coeffs = fit.coeffs[0].numpy().astype(np.float32)
+    res.fit_landmarks = fit.landmarks2d[0].numpy().astype(np.float32)
+    res.fit_history = fit.history
+    res.nme = {"before": float(fit.nme_before[0]), "after": float(fit.nme_after[0])}
+    res.ok = True
+    return res
 
 
 def regress_crop(regressor: Callable[[Any], Any], crop: np.ndarray) -> Any:
