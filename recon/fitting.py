@@ -261,6 +261,37 @@ def fit_image(
         torch.set_num_threads(before)
 
 
+def _initial_params(init: Optional[Tensor], layout: CoeffLayout, model: MorphableModel, target: Tensor,
+                    K: Tensor) -> Dict[str, Tensor]:
+    """The fit's parameters by coefficient slice (albedo flattened), requiring grad: `init` (B,P) when given,
+    else the mean frontal face placed by the 5 landmarks of `target` (B,68,2)."""
+    B = target.shape[0]
+    if init is not None:
+        p0 = {k: v.detach().clone().float() for k, v in layout.split(torch.as_tensor(init).reshape(B, -1)).items()}
+        p0["albedo"] = p0["albedo"].reshape(B, -1)
+    else:
+        p0 = {k: v.clone() for k, v in layout.split(layout.mean_frontal(B)).items()}
+        p0["albedo"] = p0["albedo"].reshape(B, -1)
+        p0["translation"] = _initial_pose(model, _landmarks5(target), K)
+    return {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+
+
+def _stage_optimizer(opt_groups: List[Dict[str, Any]], steps: int, lbfgs: bool):
+    """(optimizer, scheduler or None) of one fitting stage: L-BFGS (few parameters, smooth landmark loss:
+    quasi-Newton converges in tens of steps) or Adam with a linear warm-up over up to 10 steps (Adam's first
+    steps move every parameter by ~lr, which would knock the pose off), then cosine decay to 5 % (a
+    constant rate keeps jittering)."""
+    if lbfgs:
+        opt = torch.optim.LBFGS([t for g in opt_groups for t in g["params"]], lr=1.0, max_iter=1, max_eval=25,
+                                history_size=20, line_search_fn="strong_wolfe")
+        return opt, None
+    opt = torch.optim.Adam(opt_groups)
+    warm = min(10, max(1, steps // 5))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warm) * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))))
+    return opt, sched
+
+
 def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[MorphableModel], renderer: Any,
                cfg: FitConfig, K: Optional[Tensor], mask: Optional[Tensor], init: Optional[Tensor]) -> FitResult:
     t0 = time.perf_counter()
@@ -277,14 +308,7 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
     fwd = _Forward(model, renderer, K, (H, W))
     torch.manual_seed(cfg.seed)
 
-    if init is not None:
-        p0 = {k: v.detach().clone().float() for k, v in layout.split(torch.as_tensor(init).reshape(B, -1)).items()}
-        p0["albedo"] = p0["albedo"].reshape(B, -1)
-    else:
-        p0 = {k: v.clone() for k, v in layout.split(layout.mean_frontal(B)).items()}
-        p0["albedo"] = p0["albedo"].reshape(B, -1)
-        p0["translation"] = _initial_pose(model, _landmarks5(target), K)
-    params = {k: v.clone().requires_grad_(True) for k, v in p0.items()}
+    params = _initial_params(init, layout, model, target, K)
     w_lm = torch.tensor(cfg.landmark_weights if cfg.landmark_weights is not None else _LM_WEIGHTS,
                         dtype=torch.float32)
     with torch.no_grad():
@@ -307,18 +331,7 @@ def _fit_image(image: ArrayLike, landmarks68: ArrayLike, model: Optional[Morphab
         for names, lr in groups:
             tensors = [delta if n == "translation" else params[n] for n in names]
             opt_groups.append({"params": tensors, "lr": lr})
-        if lbfgs:  # few parameters, smooth landmark loss: quasi-Newton converges in tens of steps
-            opt = torch.optim.LBFGS([t for g in opt_groups for t in g["params"]], lr=1.0, max_iter=1, max_eval=25,
-                                    history_size=20, line_search_fn="strong_wolfe")
-            sched = None
-        else:
-            opt = torch.optim.Adam(opt_groups)
-            # linear warm-up over 10 steps (Adam's first steps move every parameter by ~lr, which would
-            # knock the pose off), then cosine decay to 5 % (a constant rate keeps jittering)
-            warm = min(10, max(1, steps // 5))
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda k: min(1.0, (k + 1) / warm)
-                * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))))
+        opt, sched = _stage_optimizer(opt_groups, steps, lbfgs)
 
         def evaluate() -> Tuple[Tensor, Dict[str, Tensor]]:
             p = dict(params)
