@@ -422,8 +422,9 @@ def crops_from_cache(cache: Any, size: int = 112) -> Tuple[np.ndarray, np.ndarra
 
 @torch.no_grad()
 def evaluate_regressor(regressor: torch.nn.Module, images: ArrayLike, landmarks: ArrayLike,
-                       model: Optional[MorphableModel] = None, batch_size: int = 32) -> np.ndarray:
-    """Landmark NME (B,) of one regressor pass: project the predicted model's landmarks (no fitting)."""
+                       model: Optional[MorphableModel] = None, batch_size: int = 32, trunk: bool = False) -> np.ndarray:
+    """Landmark NME (B,) of one regressor pass: project the predicted model's landmarks (no fitting).
+    trunk: the NME of the landmarks the regressor's trunk predicts itself (CoeffRegressor(trunk="landmarks"))."""
     model = model if model is not None else MorphableModel()
     img = _as_image_batch(images)
     lm = _as_landmarks(landmarks, img.shape[0])
@@ -433,7 +434,13 @@ def evaluate_regressor(regressor: torch.nn.Module, images: ArrayLike, landmarks:
     regressor.eval()
     out = []
     for s in range(0, img.shape[0], batch_size):
-        p = fwd.layout.split(regressor(img[s:s + batch_size]))
+        coeffs, points = _regress(regressor, img[s:s + batch_size])
+        if trunk:
+            if points is None:
+                raise ValueError("this regressor's trunk predicts no landmarks (trunk='pooled')")
+            out.append(landmark_nme(points, lm[s:s + batch_size]))
+            continue
+        p = fwd.layout.split(coeffs)
         p["albedo"] = p["albedo"].reshape(p["albedo"].shape[0], -1)
         out.append(landmark_nme(fwd.landmarks(p), lm[s:s + batch_size]))
     regressor.train(was_training)
@@ -465,6 +472,7 @@ def train_regressor(
     device: Union[str, torch.device] = "cpu",
     callback: Any = None,
     time_budget: Optional[float] = None,
+    trunk_landmark_weight: float = 1.0,
 ) -> Tuple[torch.nn.Module, List[Dict[str, float]]]:
     """Train a CoeffRegressor on real aligned crops (self-supervised) and optionally synthetic faces.
 
@@ -482,6 +490,9 @@ def train_regressor(
     time_budget: seconds of training after which it stops cleanly (fewer steps; the history's length says
     how many ran); the cosine decay then follows max(step / steps, elapsed / time_budget), so the rate has
     decayed when the budget ends. None = no limit.
+    trunk_landmark_weight: for a regressor whose trunk predicts landmarks (CoeffRegressor(trunk="landmarks")),
+    the weight of its direct landmark loss (`trunk_landmark_loss`, on real and synthetic rows alike); the
+    logged term is `trunk_landmark`.
     """
     before = torch.get_num_threads()
     if threads is not None:
@@ -489,13 +500,14 @@ def train_regressor(
     try:
         return _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
                                 synthetic_fraction, weights or REGRESSOR_WEIGHTS, seed, progress, torch.device(device),
-                                callback, time_budget)
+                                callback, time_budget, trunk_landmark_weight)
     finally:
         torch.set_num_threads(before)
 
 
 def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch_size, lr, synthetic,
-                     synthetic_fraction, weights, seed, progress, device, callback, time_budget=None):
+                     synthetic_fraction, weights, seed, progress, device, callback, time_budget=None,
+                     trunk_landmark_weight=1.0):
     from tqdm import tqdm
 
     from .regressor import CoeffRegressor
@@ -539,10 +551,12 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
         if n_synth:
             sidx = torch.randint(0, n_syn_total, (n_synth,), generator=gen).to(device)
             sx, sc, sl = _synthetic_rows(syn_dev, sidx)
-            coeffs_all = regressor(torch.cat([x, sx.to(x)]))  # one pass: BatchNorm sees both
+            coeffs_all, points = _regress(regressor, torch.cat([x, sx.to(x)]))  # one pass: BatchNorm sees both
             coeffs, scoeffs = coeffs_all[: len(idx)], coeffs_all[len(idx):]
+            all_targets = torch.cat([target, sl.to(target)])
         else:
-            coeffs = regressor(x)
+            coeffs, points = _regress(regressor, x)
+            all_targets = target
         if weights.photometric > 0:
             rendered = render_face(model, renderer, coeffs, (H, W), K=fwd.K, layout=layout, dynamic_contour=True)
         else:
@@ -558,6 +572,10 @@ def _train_regressor(images, landmarks, regressor, model, renderer, steps, batch
                                                      model=model)
             total = (total * len(idx) + s_total * n_synth) / (len(idx) + n_synth)
             logs.update({f"synth/{k}": v.detach() for k, v in s_terms.items()})
+        if points is not None and trunk_landmark_weight > 0:
+            t_lm = trunk_landmark_weight * trunk_landmark_loss(points, all_targets, H)
+            total = total + t_lm
+            logs["trunk_landmark"] = t_lm.detach()
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -578,6 +596,18 @@ def _history_to_floats(history: List[Dict[str, Any]]) -> List[Dict[str, float]]:
     keys = [k for k in history[0] if k != "step"]
     cols = {k: torch.stack([h[k] for h in history]).double().cpu().tolist() for k in keys}
     return [{"step": h["step"], **{k: cols[k][i] for k in keys}} for i, h in enumerate(history)]
+
+
+def _regress(regressor: torch.nn.Module, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """(coefficients, the trunk's landmarks or None): CoeffRegressor.forward_landmarks when it has one."""
+    fwd = getattr(regressor, "forward_landmarks", None)
+    return fwd(x) if fwd is not None else (regressor(x), None)
+
+
+def trunk_landmark_loss(points: Tensor, target: Tensor, size: int) -> Tensor:
+    """Mean Euclidean distance between predicted and target landmarks (B,68,2), both in pixels of a `size`
+    px crop, in units of the crop size (0-d tensor)."""
+    return ((points - target.to(points)) / float(size)).norm(dim=-1).mean()
 
 
 def _synthetic_on_device(synthetic: Dict[str, Any], device: torch.device) -> Dict[str, Tensor]:

@@ -175,12 +175,13 @@ def identity_vertex_error(regressor: Optional[torch.nn.Module], images: np.ndarr
 
 @torch.no_grad()
 def hidden_features(regressor: torch.nn.Module, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
-    """(N,hidden) float64 activations of the regressor's hidden layer (eval mode) for uint8 images (N,S,S,3)."""
+    """(N,F) float64 inputs of the regressor's output layer (CoeffRegressor.features; eval mode) for uint8
+    images (N,S,S,3)."""
     from .fitting import _as_image_batch
 
     regressor.eval()
     dev = next(regressor.parameters()).device  # runs where the regressor is; the result is on the CPU
-    out = [regressor.hidden(regressor.trunk(_as_image_batch(images[s:s + batch_size]).to(dev) * 2.0 - 1.0)).double().cpu()
+    out = [regressor.features(_as_image_batch(images[s:s + batch_size]).to(dev))[0].double().cpu()
            for s in range(0, len(images), batch_size)]
     return torch.cat(out)
 
@@ -255,6 +256,8 @@ class PretrainConfig:
     size: int = 64  # crop size the regressor sees (px)
     width: int = 32
     hidden: int = 256
+    trunk: str = "pooled"  # CoeffRegressor trunk: "pooled" or "landmarks" (heat maps + soft-argmax)
+    trunk_landmark_weight: float = 1.0  # the landmark trunk's direct landmark loss (recon.fitting.train_regressor)
     steps: int = 5000
     batch_size: int = 32
     lr: float = 1e-3
@@ -315,14 +318,14 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
     model = MorphableModel()
     layout = CoeffLayout.from_model(model)
     torch.manual_seed(cfg.seed)
-    reg = CoeffRegressor(layout, image_size=cfg.size, width=cfg.width, hidden=cfg.hidden)
+    reg = CoeffRegressor(layout, image_size=cfg.size, width=cfg.width, hidden=cfg.hidden, trunk=cfg.trunk)
     mean_nme = evaluate_regressor(reg, test_i, test_l, model)  # untrained = the mean frontal face
     weights = replace(REGRESSOR_WEIGHTS, **cfg.weights) if cfg.weights else REGRESSOR_WEIGHTS
     t1 = time.perf_counter()
     reg, history = train_regressor(real_i, real_l, reg, model, steps=cfg.steps, batch_size=cfg.batch_size,
                                    lr=cfg.lr, synthetic=syn, synthetic_fraction=cfg.synthetic_fraction,
                                    weights=weights, seed=cfg.seed, progress=progress, device=device,
-                                   time_budget=cfg.time_budget)
+                                   time_budget=cfg.time_budget, trunk_landmark_weight=cfg.trunk_landmark_weight)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     t_steps = time.perf_counter() - t1
@@ -336,6 +339,8 @@ def pretrain_regressor(att_root: PathLike, lfw_root: PathLike, work: PathLike, c
         "nme": float(evaluate_regressor(reg, test_i, test_l, model).mean()),
         "nme_mean_frontal_face": float(mean_nme.mean()),
     }
+    if getattr(reg, "predicts_landmarks", False):  # the heat-map landmarks themselves, before the coefficient head
+        m["nme_trunk_landmarks"] = float(evaluate_regressor(reg, test_i, test_l, model, trunk=True).mean())
     n_fit = min(cfg.fit_photos, len(test_i))
     if n_fit:
         sel = np.linspace(0, len(test_i) - 1, n_fit).round().astype(int)

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the first N lfw-dev people (sorted) train, the rest are held out")
     parser.add_argument("--size", type=int, default=d.size, help="input size of the regressor in pixels")
     parser.add_argument("--width", type=int, default=d.width, help="channels of the regressor's first stage")
+    parser.add_argument("--trunk", choices=("pooled", "landmarks"), default=d.trunk,
+                        help="regressor trunk: 'landmarks' predicts 68 landmark heat maps (soft-argmax) that the "
+                             "coefficient head reads; 'pooled' regresses from pooled features")
+    parser.add_argument("--trunk-landmark-weight", type=float, default=d.trunk_landmark_weight,
+                        help="weight of the landmark trunk's direct landmark loss")
     parser.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (cosine decay to 5 %%)")
@@ -98,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
                          synth_identities=args.synth_identities, synth_images=args.synth_images,
                          eval_identities=args.eval_identities, lfw_train_people=args.lfw_train_people,
                          fit_photos=args.fit_photos, seed=args.seed, time_budget=args.time_budget,
-                         synth_workers=max(0, args.synth_workers))
+                         synth_workers=max(0, args.synth_workers), trunk=args.trunk,
+                         trunk_landmark_weight=args.trunk_landmark_weight)
     command = (f"nice lh2face regressor --threads {args.threads or 'N'} --size {cfg.size} --width {cfg.width} "
+               f"--trunk {cfg.trunk} --trunk-landmark-weight {cfg.trunk_landmark_weight:g} "
                f"--steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr:g} --synth-identities "
                f"{cfg.synth_identities} --synth-images {cfg.synth_images} --eval-identities {cfg.eval_identities} "
                f"--lfw-train-people {cfg.lfw_train_people} --fit-photos {cfg.fit_photos} --seed {cfg.seed} "
