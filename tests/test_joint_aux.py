@@ -24,16 +24,13 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def batch():
+    """8 synthetic faces of 4 identities with ground-truth coefficients and landmarks (a collated batch)."""
     from recon.synth import SyntheticFaces
 
-    ds = SyntheticFaces(4, 2, seed=3, image_size=SIZE)
-    items = [ds[i] for i in range(len(ds))]
-    return {
-        "image": torch.stack([torch.as_tensor(it["image"]) for it in items]).float(),
-        "label": torch.as_tensor([int(it["label"]) for it in items]),
-        "coeffs": torch.stack([torch.as_tensor(it["coeffs"]) for it in items]).float(),
-        "landmarks": torch.stack([torch.as_tensor(it["landmarks"]) for it in items]).float(),
-    }
+    from joint.data import DictSamples, collate_samples
+
+    ds = DictSamples(SyntheticFaces(4, 2, seed=3, image_size=SIZE))
+    return collate_samples([ds[i] for i in range(len(ds))])
 
 
 def _model(fraction: float, reco: float = 1.0) -> JointModel:
