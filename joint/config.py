@@ -86,11 +86,19 @@ class ReconConfig:
 
 @dataclass
 class LossConfig:
-    """L_train = L_FR + reco L_reco + canon L_FR^canon + view L_view."""
+    """L_train = L_FR + reco L_reco + canon L_FR^canon + view L_view.
+
+    aux_fraction: L_FR^canon and L_view are computed on a random subset of max(2, ceil(aux_fraction x B))
+    rows of each batch of B (at most B; BatchNorm needs two rows), drawn from torch's RNG: only those rows'
+    canonical-input / novel-view images go through the backbone, and the two terms are means over them
+    (an unbiased but noisier estimate of the full-batch terms). 1.0 = every row (draws nothing). The
+    default 0.25 keeps the step with every term on within 2.5x the FR-only step (docs/BENCH.md section 7).
+    """
 
     reco: float = 0.0
     canon: float = 0.0
     view: float = 0.0
+    aux_fraction: float = 0.25
 
 
 @dataclass
@@ -225,6 +233,9 @@ def validate(cfg: TrainConfig, check_names: bool = True, check_paths: bool = Tru
     _check(cfg.eval.n_folds >= 2, "eval.n_folds must be >= 2")
     for name in ("reco", "canon", "view"):
         _check(getattr(cfg.loss, name) >= 0, f"loss.{name} must be >= 0")
+    f = cfg.loss.aux_fraction
+    _check(0 < f <= 1, f"loss.aux_fraction must be in (0, 1] (the share of each batch that L_FR^canon and "
+                       f"L_view use; 1 = every row), got {f}")
     _check(cfg.recon.regressor_size >= 0, "recon.regressor_size must be >= 0 (0 = the regressor's own size)")
     init = cfg.recon.regressor_init
     if check_paths and init not in ("default", "none"):

@@ -3,6 +3,8 @@
 - L_FR: the FR head (recognition.heads) on the embedding of the (multi-channel) input.
 - L_FR^canon: the same head on the embedding of the canonical renders alone (see joint.model).
 - L_view: mean (1 - cos(z, z_view)) between the embedding of the input and of a re-rendered novel view.
+- Both auxiliary terms are means over the rows ``out["aux_index"]`` when the trunk used a subset of the
+  batch for them (loss.aux_fraction < 1, joint.model.aux_rows); L_FR and L_reco always use every row.
 - L_reco: photometric (masked) + landmark + coefficient priors (+ ground-truth coefficients / shape),
   composed by recon.losses.reconstruction_loss with the weights of the `recon.weights` config section.
 """
@@ -41,7 +43,8 @@ def joint_loss(out: Dict[str, Any], labels: torch.Tensor, head: torch.nn.Module,
                lambdas: Optional[LossConfig] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Combine trunk outputs into L_train; logs every term (detached 0-d tensors) by name.
 
-    Log keys: ``loss`` (L_train), ``l_fr`` and the head's own terms (``fr/<name>``), ``l_canon``,
+    out: joint.model.JointTrunk's outputs (``z`` (B,d); ``z_canon`` / ``z_view`` (k,d) of the rows
+    ``aux_index`` (k,) when present, else (B,d)). Log keys: ``loss`` (L_train), ``l_fr`` and the head's own terms (``fr/<name>``), ``l_canon``,
     ``l_view``, ``l_reco`` and ``reco/<term>``, ``mean_norm``, ``margin``.
     """
     lam = lambdas or LossConfig()
@@ -55,12 +58,16 @@ def joint_loss(out: Dict[str, Any], labels: torch.Tensor, head: torch.nn.Module,
         else:
             logs[f"fr/{k}"] = v.detach() if torch.is_tensor(v) else torch.tensor(float(v))
     total = l_fr
+    rows = out.get("aux_index")  # the rows z_canon / z_view were computed for (None: every row)
+    if rows is not None:
+        rows = rows.to(labels.device)
     if "z_canon" in out and lam.canon > 0:
-        l_canon, _ = head(out["z_canon"], labels)
+        l_canon, _ = head(out["z_canon"], labels if rows is None else labels.index_select(0, rows))
         logs["l_canon"] = l_canon.detach()
         total = total + lam.canon * l_canon
     if "z_view" in out and lam.view > 0:
-        l_view = view_loss(out["z"], out["z_view"])
+        z = out["z"] if rows is None else out["z"].index_select(0, rows.to(out["z"].device))
+        l_view = view_loss(z, out["z_view"])
         logs["l_view"] = l_view.detach()
         total = total + lam.view * l_view
     if "reco" in out and lam.reco > 0 and out["reco"]:

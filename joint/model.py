@@ -132,9 +132,11 @@ class JointTrunk(nn.Module):
     def forward(self, images: torch.Tensor, batch: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything but the head: ``z`` and, when enabled, ``z_canon``, ``z_view``, ``reco`` terms, ``coeffs``.
 
-        Work whose lambda is 0 is skipped. The renders of one step share what does not depend on pose:
-        the neutral shape and per-vertex albedo (canonical and posed faces), and the posed shape and its
-        normals (the input view for L_reco and the novel view for L_view differ by rotation only).
+        Work whose lambda is 0 is skipped. ``z_canon`` / ``z_view`` are of the rows ``aux_index`` (k,) only
+        when loss.aux_fraction < 1 (`aux_rows`; absent = every row): only those rows' canonical inputs and
+        novel views are rendered and go through the backbone. The renders of one step share what does not
+        depend on pose: the neutral shape and per-vertex albedo (canonical and posed faces), and the posed
+        shape and its normals (the input view for L_reco and the novel view for L_view differ by rotation only).
         """
         batch = batch or {}
         if not self.use_recon:
@@ -144,28 +146,55 @@ class JointTrunk(nn.Module):
         out: Dict[str, Any] = {"coeffs": coeffs}
         out["z"] = self.backbone(self.fr_input(images, canon, depth))
         lam = self.lambdas
+        rows = aux_rows(images.shape[0], lam.aux_fraction) if lam.canon > 0 or lam.view > 0 else None
+        if rows is not None:
+            out["aux_index"] = rows
+        sub = (lambda t: t) if rows is None else (lambda t: t.index_select(0, rows.to(t.device)))
         if lam.canon > 0:
-            out["z_canon"] = self.backbone(self.fr_input(canon, canon, depth))
+            c, d = sub(canon), sub(depth)
+            out["z_canon"] = self.backbone(self.fr_input(c, c, d))
         if lam.reco > 0 or lam.view > 0:
             from recon import face as rface
 
             mm, renderer, layout = self._assets(images.device)
             size = images.shape[-1]
             p = layout.split(coeffs)
-            geo = rface.face_geometry(mm, p["id"], p["expr"], albedo=neutral.albedo, impl=rface._impl(renderer),
-                                      neutral=neutral.shape)
+            impl = rface._impl(renderer)
+            geo = None
             if lam.reco > 0:
+                geo = rface.face_geometry(mm, p["id"], p["expr"], albedo=neutral.albedo, impl=impl, neutral=neutral.shape)
                 rendered = rface.render_face(mm, renderer, coeffs, image_size=size, layout=layout, geometry=geo)
                 from .losses import reconstruction_terms
 
                 out["reco"] = reconstruction_terms(rendered, images, coeffs, batch, self.recon_cfg, mm, layout)
             if lam.view > 0:
-                coeffs_v = perturb_pose(coeffs, layout, self.recon_cfg.view_yaw_deg, self.recon_cfg.view_pitch_deg)
+                if geo is None:  # no L_reco render: the posed geometry of the subset rows only
+                    geo = rface.face_geometry(mm, sub(p["id"]), sub(p["expr"]), albedo=_rows(neutral.albedo, sub),
+                                              impl=impl, neutral=sub(neutral.shape))
+                else:
+                    geo = rface.FaceGeometry(sub(geo.shape), sub(geo.normals), _rows(geo.albedo, sub))
+                coeffs_v = perturb_pose(sub(coeffs), layout, self.recon_cfg.view_yaw_deg, self.recon_cfg.view_pitch_deg)
                 view = rface.render_face(mm, renderer, coeffs_v, image_size=size, layout=layout, geometry=geo)
                 mask = view["mask"]
-                novel = view["image"] * mask + images * (1 - mask)
-                out["z_view"] = self.backbone(self.fr_input(novel, canon, depth))
+                novel = view["image"] * mask + sub(images) * (1 - mask)
+                out["z_view"] = self.backbone(self.fr_input(novel, sub(canon), sub(depth)))
         return out
+
+
+def aux_rows(batch_size: int, fraction: float) -> Optional[torch.Tensor]:
+    """The rows (k,) int64, sorted, of a batch of `batch_size` that L_FR^canon and L_view use, or None for
+    every row. k = min(B, max(2, ceil(fraction x B))) (two rows at least: the backbone's BatchNorm needs
+    them); the rows are the first k of torch.randperm(B) on torch's default (CPU) generator, so a run's
+    per-step seeding / saved RNG state makes them reproducible. Nothing is drawn when k == B."""
+    k = min(batch_size, max(2, math.ceil(round(fraction * batch_size, 9))))  # round: 0.3 x 10 is 3, not 4
+    if k >= batch_size:
+        return None
+    return torch.randperm(batch_size)[:k].sort().values
+
+
+def _rows(t: torch.Tensor, sub: Any) -> torch.Tensor:
+    """`sub(t)` for a per-row tensor; a tensor broadcast over the batch (leading size 1) as is."""
+    return t if t.shape[0] == 1 else sub(t)
 
 
 def perturb_pose(coeffs: torch.Tensor, layout: Any, yaw_deg: float, pitch_deg: float) -> torch.Tensor:

@@ -61,10 +61,11 @@ def clip_grad_norm_global(model: torch.nn.Module, max_norm: float, world: int = 
 
 
 def _as_float(outs: Dict[str, Any]) -> Dict[str, Any]:
-    """Trunk outputs back to float32 (the head and the losses run in float32 under autocast)."""
+    """Trunk outputs back to float32 (the head and the losses run in float32 under autocast); integer
+    tensors (the row index ``aux_index``) unchanged."""
     def f(v: Any) -> Any:
         if torch.is_tensor(v):
-            return v.float()
+            return v.float() if v.is_floating_point() else v  # integer tensors (aux_index) stay as they are
         if isinstance(v, dict):
             return {k: x.float() for k, x in v.items()}
         return v

@@ -48,7 +48,7 @@ def test_view_loss_hand_values():
 
 
 def test_one_step_every_loss_on_reaches_every_parameter(synth_batch):
-    lam = LossConfig(reco=1.0, canon=0.5, view=0.5)
+    lam = LossConfig(reco=1.0, canon=0.5, view=0.5, aux_fraction=1.0)  # subsets: tests/test_joint_aux.py
     model = _model("rgb+canonical+depth", lam)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -89,7 +89,7 @@ def test_fr_loss_alone_reaches_regressor_through_canonical_renders(synth_batch):
 
 
 def test_joint_loss_is_the_weighted_sum(synth_batch):
-    lam = LossConfig(reco=0.3, canon=0.7, view=2.0)
+    lam = LossConfig(reco=0.3, canon=0.7, view=2.0, aux_fraction=1.0)  # every row: z_canon, z_view (B,d)
     model = _model("rgb+depth", lam, head="cosface")
     model.eval()  # fixed BN statistics so the trunk outputs can be recomputed
     torch.manual_seed(5)

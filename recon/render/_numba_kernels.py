@@ -39,47 +39,52 @@ def _edge_functions(u0, v0, u1, v1, u2, v2, px, py):
     return e0, e1, e2
 
 
+@njit(cache=True, inline="always")
+def _box(scr, tri, b, f, h, w, cull, znear, pad):
+    """Integer pixel range (row0, row1, col0, col1) of triangle f in batch item b whose centres lie in its
+    bbox padded by `pad` px; row0 > row1 = skip (behind znear, non-finite, degenerate, culled or off-image)."""
+    a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
+    if not (z0 > znear and z1 > znear and z2 > znear):
+        return 1, 0, 1, 0
+    if not (math.isfinite(u0) and math.isfinite(u1) and math.isfinite(u2)
+            and math.isfinite(v0) and math.isfinite(v1) and math.isfinite(v2)):
+        return 1, 0, 1, 0
+    area = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
+    if abs(area) <= 1e-12:
+        return 1, 0, 1, 0
+    if cull and area > 0:
+        return 1, 0, 1, 0
+    umin = min(u0, min(u1, u2)) - pad
+    umax = max(u0, max(u1, u2)) + pad
+    vmin = min(v0, min(v1, v2)) - pad
+    vmax = max(v0, max(v1, v2)) + pad
+    r0 = max(0.0, math.ceil(vmin - 0.5))
+    r1 = min(h - 1.0, math.floor(vmax - 0.5))
+    c0 = max(0.0, math.ceil(umin - 0.5))
+    c1 = min(w - 1.0, math.floor(umax - 0.5))
+    if r0 > r1 or c0 > c1:
+        return 1, 0, 1, 0
+    return int(r0), int(r1), int(c0), int(c1)
+
+
 @njit(cache=True, nogil=True)
 def _setup(scr, tri, h, w, cull, znear, pad, box):
     """Integer pixel ranges (row0,row1,col0,col1) per (batch, triangle); row0 > row1 = skip."""
     nb = scr.shape[0]
     nf = tri.shape[0]
-    for t in range(nb * nf):
-        b = t // nf
-        f = t - b * nf
-        a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
-        box[b, f, 0] = 1
-        box[b, f, 1] = 0
-        box[b, f, 2] = 1
-        box[b, f, 3] = 0
-        if not (z0 > znear and z1 > znear and z2 > znear):
-            continue
-        if not (math.isfinite(u0) and math.isfinite(u1) and math.isfinite(u2)
-                and math.isfinite(v0) and math.isfinite(v1) and math.isfinite(v2)):
-            continue
-        area = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
-        if abs(area) <= 1e-12:
-            continue
-        if cull and area > 0:
-            continue
-        umin = min(u0, min(u1, u2)) - pad
-        umax = max(u0, max(u1, u2)) + pad
-        vmin = min(v0, min(v1, v2)) - pad
-        vmax = max(v0, max(v1, v2)) + pad
-        r0 = max(0.0, math.ceil(vmin - 0.5))
-        r1 = min(h - 1.0, math.floor(vmax - 0.5))
-        c0 = max(0.0, math.ceil(umin - 0.5))
-        c1 = min(w - 1.0, math.floor(umax - 0.5))
-        if r0 > r1 or c0 > c1:
-            continue
-        box[b, f, 0] = int(r0)
-        box[b, f, 1] = int(r1)
-        box[b, f, 2] = int(c0)
-        box[b, f, 3] = int(c1)
+    for b in range(nb):
+        for f in range(nf):
+            r0, r1, c0, c1 = _box(scr, tri, b, f, h, w, cull, znear, pad)
+            box[b, f, 0] = r0
+            box[b, f, 1] = r1
+            box[b, f, 2] = c0
+            box[b, f, 3] = c1
 
 
 @njit(cache=True, nogil=True)
-def _raster(scr, tri, box, band, face, zbuf, t0, t1):
+def _raster(scr, tri, cull, znear, band, face, zbuf, t0, t1):
+    """Tasks t0..t1 of (batch item, row band): nearest triangle and its depth per pixel. Each band
+    computes the triangles' pixel ranges itself (`_box`): no (B,F,4) range buffer to allocate and fill."""
     nb, h, w = face.shape
     nf = tri.shape[0]
     nbands = (h + band - 1) // band
@@ -92,12 +97,9 @@ def _raster(scr, tri, box, band, face, zbuf, t0, t1):
                 face[b, i, j] = -1
                 zbuf[b, i, j] = np.inf
         for f in range(nf):
-            i0 = box[b, f, 0]
-            i1 = box[b, f, 1]
+            i0, i1, j0, j1 = _box(scr, tri, b, f, h, w, cull, znear, 0.0)
             if i0 > i1 or i1 < r0 or i0 >= r1:
                 continue
-            j0 = box[b, f, 2]
-            j1 = box[b, f, 3]
             a0, a1, a2, u0, v0, z0, u1, v1, z1, u2, v2, z2 = _corners(scr, tri, b, f)
             inv_a = 1.0 / ((u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0))
             for i in range(max(i0, r0), min(i1, r1 - 1) + 1):
@@ -326,12 +328,10 @@ def _band_rows(nb: int, h: int) -> int:
 def raster(scr: np.ndarray, tri: np.ndarray, h: int, w: int, cull: bool, znear: float):
     """scr (B,V,3) f64, tri (F,3) i64 -> face (B,H,W) int64 (-1 bg), zbuf (B,H,W) f32 (inf bg)."""
     nb = scr.shape[0]
-    box = np.empty((nb, tri.shape[0], 4), dtype=np.int64)
-    _setup(scr, tri, h, w, cull, znear, 0.0, box)
     face = np.empty((nb, h, w), dtype=np.int64)
     zbuf = np.empty((nb, h, w), dtype=np.float32)
     band = _band_rows(nb, h)
-    _run(_raster, (scr, tri, box, band, face, zbuf), nb * (-(-h // band)), per_worker=1)
+    _run(_raster, (scr, tri, bool(cull), float(znear), band, face, zbuf), nb * (-(-h // band)), per_worker=1)
     return face, zbuf
 
 
