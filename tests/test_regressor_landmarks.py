@@ -120,3 +120,24 @@ def test_training_moves_the_trunk_landmarks_to_the_targets():
         after = float((reg.forward_landmarks(x)[1] - torch.from_numpy(target).float()).norm(dim=-1).mean())
     assert "trunk_landmark" in hist[-1]
     assert after < 0.5 * before, (before, after)
+
+
+def test_full_readout_solves_the_ridge_normal_equations():
+    """recon.pretrain.refit_full_readout: the new output layer W (with bias b) satisfies the ridge normal
+    equations X^T (X W - Y) + lam W = 0 (bias not shrunk) for the features X and raw targets Y."""
+    from recon.pretrain import hidden_features, refit_full_readout
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    reg = CoeffRegressor(CoeffLayout(), image_size=32, width=8, hidden=16, trunk="landmarks")
+    raw = torch.from_numpy(rng.normal(0, 0.3, size=(40, reg.layout.size))).float()
+    syn = {"image": rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8),
+           "coeffs": reg.coeffs_from_raw(raw).detach().numpy(), "identity": np.arange(40)}
+    out = refit_full_readout(reg, syn, ridges=(10.0,))
+    assert out["full_readout_ridge"] == 10.0 and out["full_readout_val_mse_after"] < out["full_readout_val_mse_before"]
+    X = hidden_features(reg, syn["image"])
+    Y = raw.double()
+    W, b = reg.head.weight.T.double(), reg.head.bias.double()
+    resid = X @ W + b - Y
+    torch.testing.assert_close(X.T @ resid + 10.0 * W, torch.zeros_like(W), atol=2e-3, rtol=0)
+    torch.testing.assert_close(resid.sum(0), torch.zeros(Y.shape[1], dtype=Y.dtype), atol=2e-3, rtol=0)
